@@ -1,0 +1,33 @@
+import type { CertificateIdentity } from '../core/registry/index.js';
+
+/** Why a connection was refused: a stable label for logs and counters. */
+export type Refusal =
+  | 'no_certificate'
+  | 'tls_handshake_failed'
+  | 'unknown_certificate'
+  | 'revoked'
+  | 'suspended'
+  | 'superseded'
+  | 'device_inactive'
+  | 'expired'
+  | 'not_yet_valid'
+  | 'client_id_mismatch'
+  | 'registry_unavailable';
+
+export type Admission = { admitted: true } | { admitted: false; reason: Refusal };
+
+/**
+ * Decides whether a TLS peer, already chained to our CA, may open an MQTT session as `clientId`.
+ * Unknown identities are refused: the registry, not the CA signature, is the source of truth.
+ */
+export function decideAdmission(identity: CertificateIdentity | undefined, clientId: string, now: Date): Admission {
+  if (!identity) return { admitted: false, reason: 'unknown_certificate' };
+  if (identity.certificateStatus === 'revoked' || identity.deviceStatus === 'revoked') return { admitted: false, reason: 'revoked' };
+  if (identity.deviceStatus === 'suspended') return { admitted: false, reason: 'suspended' };
+  if (identity.certificateStatus === 'superseded') return { admitted: false, reason: 'superseded' };
+  if (identity.deviceStatus !== 'active') return { admitted: false, reason: 'device_inactive' };
+  if (now.getTime() >= identity.notAfter.getTime()) return { admitted: false, reason: 'expired' };
+  if (now.getTime() < identity.notBefore.getTime()) return { admitted: false, reason: 'not_yet_valid' };
+  if (clientId !== identity.deviceId) return { admitted: false, reason: 'client_id_mismatch' };
+  return { admitted: true };
+}

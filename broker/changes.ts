@@ -1,0 +1,100 @@
+import pg from 'pg';
+import type { Logger } from '../core/log.js';
+import { CHANGES_CHANNEL, changesSince, latestChangeSeq, parseChange, type RegistryChange } from '../core/registry/index.js';
+
+/**
+ * Sequence numbers are taken at insert but become visible at commit, so a change can appear after one
+ * with a higher number. Replaying a window below the last number seen catches those; handling a
+ * change twice is harmless (closing a closed session does nothing).
+ */
+const REPLAY_WINDOW = 1000;
+const MAX_RETRY_MS = 5000;
+
+export interface ChangeFollower {
+  /** Moves on every change received, so a lookup that raced one can tell and look again. */
+  readonly epoch: number;
+  /** Resolves once LISTEN is in place for the first time. */
+  readonly ready: Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Follows registry changes through LISTEN/NOTIFY on a connection of its own. After losing that
+ * connection it reconnects and replays from the registry_changes table, so no change is missed.
+ */
+export function followRegistryChanges(options: {
+  url: string;
+  log: Logger;
+  onChange: (change: RegistryChange) => void;
+}): ChangeFollower {
+  const { url, log, onChange } = options;
+  let lastSeq: number | undefined;
+  let epoch = 0;
+  let client: pg.Client | undefined;
+  let closed = false;
+  let retryMs = 100;
+  let retryTimer: NodeJS.Timeout | undefined;
+
+  const deliver = (change: RegistryChange) => {
+    epoch++;
+    if (lastSeq === undefined || change.seq > lastSeq) lastSeq = change.seq;
+    try {
+      onChange(change);
+    } catch (error) {
+      log.error({ err: error, change }, 'handling a registry change failed');
+    }
+  };
+
+  const scheduleReconnect = (why: unknown) => {
+    if (closed || retryTimer) return;
+    epoch++;
+    log.warn({ err: why, retryMs }, 'lost the registry change feed; reconnecting');
+    const stale = client;
+    client = undefined;
+    stale?.end().catch(() => undefined);
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      connect().catch(scheduleReconnect);
+    }, retryMs);
+    retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
+  };
+
+  const connect = async () => {
+    const c = new pg.Client({ connectionString: url, application_name: 'fleet-auth broker changes' });
+    c.on('notification', (message) => {
+      const change = parseChange(message.payload);
+      if (change) deliver(change);
+    });
+    c.on('error', scheduleReconnect);
+    c.on('end', () => {
+      if (client === c) scheduleReconnect(new Error('connection ended'));
+    });
+    client = c;
+    await c.connect();
+    await c.query(`LISTEN ${CHANGES_CHANNEL}`);
+    if (lastSeq === undefined) {
+      lastSeq = await latestChangeSeq(c);
+    } else {
+      const missed = await changesSince(c, Math.max(0, lastSeq - REPLAY_WINDOW), 100_000);
+      for (const change of missed) deliver(change);
+      log.info({ replayed: missed.length, lastSeq }, 'registry change feed restored');
+    }
+    retryMs = 100;
+  };
+
+  const ready = connect();
+  ready.catch(scheduleReconnect);
+  return {
+    get epoch() {
+      return epoch;
+    },
+    ready,
+    async close() {
+      closed = true;
+      clearTimeout(retryTimer);
+      const c = client;
+      client = undefined;
+      await c?.end().catch(() => undefined);
+    },
+  };
+}

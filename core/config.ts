@@ -1,0 +1,75 @@
+import path from 'node:path';
+import { z } from 'zod';
+import { parseDuration } from './duration.js';
+
+/** Everything a fleet-auth process can be told from its environment, validated once at start. */
+export interface FleetConfig {
+  dataDir: string;
+  /** Unset means: run the embedded PostgreSQL under `dataDir`. */
+  databaseUrl: string | undefined;
+  listenHost: string | undefined;
+  apiPort: number;
+  brokerPort: number;
+  /** Extra DNS names or IP addresses for the server certificate, beside localhost, 127.0.0.1 and ::1. */
+  hostnames: string[];
+  trustDomain: string;
+  certificateLifetimeMs: number;
+  enrollmentTokenTtlMs: number;
+  logLevel: string;
+}
+
+const duration = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((text, ctx) => {
+      const ms = parseDuration(text);
+      if (ms === undefined || ms <= 0) {
+        ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration such as 90d, 12h, 30m or 45s` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
+
+const schema = z.object({
+  FLEET_DATA_DIR: z.string().min(1).default('./data'),
+  DATABASE_URL: z.string().min(1).optional(),
+  FLEET_LISTEN_HOST: z.string().min(1).optional(),
+  FLEET_API_PORT: port(8443),
+  FLEET_BROKER_PORT: port(8883),
+  FLEET_HOSTNAMES: z.string().default(''),
+  FLEET_TRUST_DOMAIN: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, 'a lower-case DNS-style name such as fleet.example.com')
+    .default('fleet.local'),
+  FLEET_CERT_LIFETIME: duration('90d'),
+  FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((issue) => `  ${issue.path.join('.')}: ${issue.message}`);
+    throw new ConfigError(`Invalid configuration in the environment:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  return {
+    dataDir: path.resolve(e.FLEET_DATA_DIR),
+    databaseUrl: e.DATABASE_URL,
+    listenHost: e.FLEET_LISTEN_HOST,
+    apiPort: e.FLEET_API_PORT,
+    brokerPort: e.FLEET_BROKER_PORT,
+    hostnames: e.FLEET_HOSTNAMES.split(',').map((h) => h.trim()).filter(Boolean),
+    trustDomain: e.FLEET_TRUST_DOMAIN,
+    certificateLifetimeMs: e.FLEET_CERT_LIFETIME,
+    enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
+    logLevel: e.LOG_LEVEL,
+  };
+}

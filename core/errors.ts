@@ -1,0 +1,17 @@
+/**
+ * A refusal with a stable code. The code is what clients and tests match on; the message says what
+ * went wrong and, where there is one, what to do next. HTTP maps it to application/problem+json.
+ */
+export class FleetError extends Error {
+  override name = 'FleetError';
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    message: string,
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+export const isFleetError = (value: unknown): value is FleetError => value instanceof FleetError;

@@ -1,0 +1,50 @@
+import path from 'node:path';
+import { startBroker, type RunningBroker } from '../broker/server.js';
+import { defaultPolicy } from '../provisioning/policy.js';
+import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
+import type { FleetConfig } from './config.js';
+import { type Database, ensureDataDir, openDatabase } from './db/database.js';
+import type { Logger } from './log.js';
+import { type CertificateAuthority, loadAuthority } from './pki/authority.js';
+
+export interface RunningFleet {
+  db: Database;
+  ca: CertificateAuthority;
+  api: RunningApi;
+  broker: RunningBroker;
+  close(): Promise<void>;
+}
+
+/** Database, CA, provisioning API and broker in one process: what `fleet start` runs. */
+export async function startFleet(
+  config: FleetConfig,
+  log: Logger,
+  clock: () => Date = () => new Date(),
+): Promise<RunningFleet> {
+  await ensureDataDir(config.dataDir);
+  const db = await openDatabase(config, log);
+  const started: { close(): Promise<void> }[] = [db];
+  const stopAll = async () => {
+    for (const part of started.reverse()) await part.close().catch((error) => log.error({ err: error }, 'shutdown step failed'));
+  };
+  try {
+    const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock });
+    const policy = defaultPolicy({ lifetimeMs: config.certificateLifetimeMs, trustDomain: config.trustDomain });
+    const broker = await startBroker(
+      { pool: db.pool, databaseUrl: db.url, ca, clock, log },
+      { host: config.listenHost, port: config.brokerPort },
+    );
+    started.push(broker);
+    const api = await startProvisioningApi(
+      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log },
+      { host: config.listenHost, port: config.apiPort },
+    );
+    started.push(api);
+    return { db, ca, api, broker, close: stopAll };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');

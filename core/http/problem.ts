@@ -1,0 +1,55 @@
+import type { Context, Hono } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { FleetError } from '../errors.js';
+import type { Logger } from '../log.js';
+
+/** Problem types are URNs with a stable code, so clients can match them without dereferencing anything. */
+export const PROBLEM_TYPE_PREFIX = 'urn:fleet-auth:problem:';
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+
+const TITLES: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  409: 'Conflict',
+  413: 'Content Too Large',
+  415: 'Unsupported Media Type',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+};
+
+/** An RFC 9457 problem document; `code` repeats the type's last part for clients that prefer a plain string. */
+export function problemResponse(c: Context, error: FleetError): Response {
+  const body = {
+    type: PROBLEM_TYPE_PREFIX + error.code,
+    title: TITLES[error.status] ?? 'Error',
+    status: error.status,
+    detail: error.message,
+    code: error.code,
+    instance: new URL(c.req.url).pathname,
+    ...error.extra,
+  };
+  const headers: Record<string, string> = { 'content-type': PROBLEM_CONTENT_TYPE };
+  if (error.status === 401) {
+    headers['www-authenticate'] = c.req.path.startsWith('/.well-known/est/')
+      ? 'Basic realm="fleet-auth EST", charset="UTF-8"'
+      : 'Bearer realm="fleet-auth"';
+  }
+  return c.body(JSON.stringify(body), error.status as ContentfulStatusCode, headers);
+}
+
+/** Every failure leaves as application/problem+json; anything unexpected is logged and becomes a bare 500. */
+export function installProblemHandlers(app: Hono<any>, log: Logger): void {
+  app.notFound((c) => problemResponse(c, new FleetError('not_found', 404, `there is no ${c.req.method} ${c.req.path}`)));
+  app.onError((error, c) => {
+    if (error instanceof FleetError) return problemResponse(c, error);
+    if (error instanceof HTTPException && error.status < 500) {
+      return problemResponse(c, new FleetError('request_malformed', error.status, error.message || 'the request is malformed'));
+    }
+    log.error({ err: error, method: c.req.method, path: c.req.path }, 'request failed');
+    return problemResponse(c, new FleetError('internal_error', 500, 'the server failed to handle this request; it has been logged'));
+  });
+}

@@ -1,0 +1,72 @@
+import type pg from 'pg';
+import { inTransaction } from '../db/transaction.js';
+import { FleetError } from '../errors.js';
+import { recordAudit } from './audit.js';
+import { type CertificateRecord, insertCertificate } from './certificates.js';
+import { ENROLLMENT_TOKEN_PREFIX, hashSecret } from './secrets.js';
+
+const SELECT_TOKEN_FOR_UPDATE = `
+  SELECT t.device_id, t.expires_at, t.used_at, d.status AS device_status
+  FROM enrollment_tokens t JOIN devices d ON d.id = t.device_id
+  WHERE t.token_hash = $1
+  FOR UPDATE OF t, d`;
+
+const MARK_TOKEN_USED = `
+  UPDATE enrollment_tokens SET used_at = $2, certificate_serial = $3 WHERE token_hash = $1`;
+
+const ACTIVATE_DEVICE = `UPDATE devices SET status = 'active', updated_at = $2 WHERE id = $1`;
+
+export interface EnrollmentRequest {
+  token: string;
+  /** When the caller names the device (EST's HTTP Basic user), the token must belong to it. */
+  deviceId?: string;
+  now: Date;
+}
+
+const unknownToken = () =>
+  new FleetError(
+    'token_unknown',
+    401,
+    'the enrollment token is not known for this device; ask an operator for a new one (fleet device add)',
+  );
+
+/**
+ * Redeems a one-time enrollment token. `issue` signs the certificate for the token's device; it runs
+ * inside the transaction, so the certificate row, the used token, the active device and the audit
+ * entry land together, or nothing does and the token stays usable.
+ */
+export async function enrollWithToken(
+  pool: pg.Pool,
+  request: EnrollmentRequest,
+  issue: (deviceId: string) => Promise<CertificateRecord>,
+): Promise<{ deviceId: string; certificate: CertificateRecord }> {
+  if (!request.token.startsWith(ENROLLMENT_TOKEN_PREFIX)) throw unknownToken();
+  return inTransaction(pool, async (tx) => {
+    const found = await tx.query(SELECT_TOKEN_FOR_UPDATE, [hashSecret(request.token)]);
+    const token = found.rows[0];
+    if (!token || (request.deviceId !== undefined && token.device_id !== request.deviceId)) throw unknownToken();
+    const deviceId: string = token.device_id;
+    if (token.used_at) {
+      throw new FleetError('token_used', 409, `this enrollment token was already used to enroll ${deviceId}; ask an operator for a new one`);
+    }
+    if (token.device_status === 'revoked') {
+      throw new FleetError('device_revoked', 403, `device ${deviceId} is revoked and cannot enroll`);
+    }
+    if (token.expires_at.getTime() <= request.now.getTime()) {
+      throw new FleetError('token_expired', 401, `this enrollment token expired at ${token.expires_at.toISOString()}; ask an operator for a new one`);
+    }
+    const certificate = await issue(deviceId);
+    await insertCertificate(tx, deviceId, certificate, request.now);
+    await tx.query(MARK_TOKEN_USED, [hashSecret(request.token), request.now, certificate.serial]);
+    await tx.query(ACTIVATE_DEVICE, [deviceId, request.now]);
+    await recordAudit(tx, {
+      actor: `device:${deviceId}`,
+      action: 'certificate.issued',
+      deviceId,
+      certificateSerial: certificate.serial,
+      details: { via: 'enrollment_token', notAfter: certificate.notAfter.toISOString() },
+      at: request.now,
+    });
+    return { deviceId, certificate };
+  });
+}

@@ -1,0 +1,10 @@
+// The registry owns the devices, certificates, tokens, audit and change tables. Every other part
+// reads and writes them through these functions only.
+export * from './audit.js';
+export * from './certificates.js';
+export * from './changes.js';
+export * from './devices.js';
+export * from './enrollment.js';
+export * from './operators.js';
+export * from './presence.js';
+export { ENROLLMENT_TOKEN_PREFIX, OPERATOR_TOKEN_PREFIX } from './secrets.js';

@@ -1,0 +1,40 @@
+import { Hono } from 'hono';
+import { FleetError } from '../../core/errors.js';
+import { x509 } from '../../core/pki/x509.js';
+import type { ProvisioningDeps } from '../deps.js';
+import { enroll } from '../enrollment.js';
+
+/** RFC 7030 section 4.1.3 and 4.2.3, with RFC 8951's clarification: base64 bodies, no transfer-encoding header. */
+const CERTS_ONLY = 'application/pkcs7-mime; smime-type=certs-only';
+
+function certsOnly(certificates: x509.X509Certificate[]): string {
+  return new x509.X509Certificates(certificates).export('base64').replace(/(.{64})/g, '$1\n') + '\n';
+}
+
+/** EST's enrollment credentials: HTTP Basic with the device id as user and the enrollment token as password. */
+function basicCredentials(header: string | undefined): { deviceId: string; token: string } {
+  const match = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(header ?? '');
+  const decoded = match ? Buffer.from(match[1]!, 'base64').toString('utf8') : '';
+  const colon = decoded.indexOf(':');
+  if (colon <= 0) {
+    throw new FleetError('unauthorized', 401, 'EST enrollment needs HTTP Basic authentication: the device id as user and the enrollment token as password');
+  }
+  return { deviceId: decoded.slice(0, colon), token: decoded.slice(colon + 1) };
+}
+
+export function estRoutes(deps: ProvisioningDeps) {
+  const app = new Hono();
+  app.get('/.well-known/est/cacerts', (c) =>
+    c.body(certsOnly([deps.ca.issuing, deps.ca.root]), 200, { 'content-type': CERTS_ONLY }),
+  );
+  app.post('/.well-known/est/simpleenroll', async (c) => {
+    const credentials = basicCredentials(c.req.header('authorization'));
+    const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+    if (type !== 'application/pkcs10') {
+      throw new FleetError('unsupported_media_type', 415, 'send the CSR as base64 DER with Content-Type: application/pkcs10');
+    }
+    const { certificate } = await enroll(deps, { ...credentials, csr: await c.req.text() });
+    return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
+  });
+  return app;
+}

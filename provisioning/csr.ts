@@ -1,0 +1,46 @@
+import { FleetError } from '../core/errors.js';
+import { x509 } from '../core/pki/x509.js';
+
+const invalid = (detail: string) =>
+  new FleetError('csr_invalid', 400, `the CSR is not a PKCS#10 certificate request: ${detail}`);
+
+/** Accepts PEM, or base64 DER (EST's form, line breaks allowed), or raw DER bytes. */
+export function parseCsr(input: string | Uint8Array): x509.Pkcs10CertificateRequest {
+  let der: ArrayBuffer;
+  try {
+    if (typeof input === 'string') {
+      const text = input.trim();
+      if (text.startsWith('-----BEGIN')) {
+        der = x509.PemConverter.decodeFirst(text);
+      } else {
+        const base64 = text.replace(/\s+/g, '');
+        if (!/^[A-Za-z0-9+/]+={0,2}$/.test(base64)) throw invalid('it is neither PEM nor base64');
+        der = new Uint8Array(Buffer.from(base64, 'base64')).buffer;
+      }
+    } else {
+      der = new Uint8Array(input).buffer;
+    }
+  } catch (error) {
+    if (error instanceof FleetError) throw error;
+    throw invalid('it cannot be decoded');
+  }
+  if (der.byteLength === 0) throw invalid('it is empty');
+  try {
+    return new x509.Pkcs10CertificateRequest(der);
+  } catch {
+    throw invalid('its DER structure does not parse');
+  }
+}
+
+/** Proof of possession: the CSR is signed by the private key of the public key it carries. */
+export async function verifyCsrSignature(csr: x509.Pkcs10CertificateRequest): Promise<void> {
+  let valid = false;
+  try {
+    valid = await csr.verify();
+  } catch {
+    valid = false;
+  }
+  if (!valid) {
+    throw new FleetError('csr_signature_invalid', 400, "the CSR's signature does not verify with its own public key (proof of possession failed)");
+  }
+}

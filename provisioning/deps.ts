@@ -1,0 +1,14 @@
+import type pg from 'pg';
+import type { Logger } from '../core/log.js';
+import type { CertificateAuthority } from '../core/pki/authority.js';
+import type { IssuancePolicy } from './policy.js';
+
+/** What the provisioning API runs on; tests pass real ones with test settings. */
+export interface ProvisioningDeps {
+  pool: pg.Pool;
+  ca: CertificateAuthority;
+  policy: IssuancePolicy;
+  enrollmentTokenTtlMs: number;
+  clock: () => Date;
+  log: Logger;
+}

@@ -1,0 +1,47 @@
+import https from 'node:https';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { createProvisioningApp } from './app.js';
+import type { ProvisioningDeps } from './deps.js';
+
+export interface RunningApi {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * The provisioning API over HTTPS. A client certificate is requested but not required at the TLS
+ * layer: factories enroll with tokens, devices will renew with their certificate.
+ */
+export async function startProvisioningApi(
+  deps: ProvisioningDeps,
+  options: { host?: string; port: number },
+): Promise<RunningApi> {
+  const app = createProvisioningApp(deps);
+  const server = serve({
+    fetch: app.fetch,
+    port: options.port,
+    hostname: options.host,
+    createServer: https.createServer,
+    serverOptions: {
+      key: deps.ca.server.keyPem,
+      cert: deps.ca.server.certificatePem,
+      ca: deps.ca.chainPem,
+      requestCert: true,
+      rejectUnauthorized: false,
+      minVersion: 'TLSv1.2',
+    },
+  }) as https.Server;
+  if (!server.listening) await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  deps.log.info({ port }, 'provisioning API listening (HTTPS)');
+  return {
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
