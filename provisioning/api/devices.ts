@@ -2,7 +2,7 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { apiRouter } from '../../core/http/router.js';
 import { type OperatorVariables, requireOperator } from '../../core/http/operator-auth.js';
 import { FleetError } from '../../core/errors.js';
-import { getDevice, operatorActor, registerDevice, revokeDevice } from '../../core/registry/index.js';
+import { getDevice, operatorActor, registerDevice, revokeDevice, type RevocationReason as RevocationReasonName } from '../../core/registry/index.js';
 import type { ProvisioningDeps } from '../deps.js';
 import { Device, DeviceId, DeviceWithCertificates, isoDates, problemResponses, RevocationReason } from './schemas.js';
 
@@ -93,7 +93,8 @@ export function deviceRoutes(deps: ProvisioningDeps) {
 
   app.openapi(revoke, async (c) => {
     const { id } = c.req.valid('param');
-    const { reason } = c.req.valid('json');
+    // The body is optional, and without one the validator does not run, so the default is applied here.
+    const reason = (c.req.valid('json') as { reason?: RevocationReasonName } | undefined)?.reason ?? 'unspecified';
     const result = await revokeDevice(deps.pool, { deviceId: id, reason, actor: operatorActor(c.get('operator')), now: deps.clock() });
     deps.log.info({ deviceId: id, reason, revokedSerials: result.revokedSerials }, 'device revoked');
     return c.json({ device: isoDates(result.device), revokedSerials: result.revokedSerials }, 200);

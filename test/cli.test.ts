@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { projectRoot } from '../core/paths.js';
+import { closed, connectDevice } from './support/mqtt.js';
+import { openssl, run } from './support/openssl.js';
+
+const FLEET = path.join(projectRoot, 'dist', 'core', 'cli', 'fleet.js');
+
+/**
+ * The README's path, as a user walks it: `fleet start` on the embedded database (DATABASE_URL is
+ * removed on purpose), then the CLI beside it, curl and openssl for enrollment, an MQTT client.
+ */
+let dataDir: string;
+let server: ChildProcess;
+let apiPort: number;
+let brokerPort: number;
+let env: NodeJS.ProcessEnv;
+
+const fleet = (...args: string[]) => run(process.execPath, [FLEET, ...args], { env });
+const lastLine = (text: string) => text.trimEnd().split('\n').at(-1) ?? '';
+
+before(async () => {
+  dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-cli-'));
+  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', LOG_LEVEL: 'warn' };
+  delete env.DATABASE_URL;
+  server = spawn(process.execPath, [FLEET, 'start'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    server.stderr!.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      const api = /https:\/\/localhost:(\d+)/.exec(stderr);
+      const broker = /mqtts:\/\/localhost:(\d+)/.exec(stderr);
+      if (api && broker) {
+        apiPort = Number(api[1]);
+        brokerPort = Number(broker[1]);
+        resolve();
+      }
+    });
+    server.once('exit', (code) => reject(new Error(`fleet start exited with ${code}: ${stderr}`)));
+  });
+});
+
+after(async () => {
+  if (server && server.exitCode === null) {
+    server.kill('SIGINT');
+    await new Promise((resolve) => server.once('exit', resolve));
+  }
+  await rm(dataDir, { recursive: true, force: true });
+});
+
+describe('fleet CLI beside a running `fleet start` on the embedded database', () => {
+  test('every command has --help', async () => {
+    for (const args of [[], ['start'], ['token'], ['token', 'create'], ['device'], ['device', 'add'], ['revoke']]) {
+      const res = await fleet(...args, '--help');
+      assert.equal(res.code, 0, `fleet ${args.join(' ')} --help: ${res.stderr}`);
+      assert.match(res.stdout, /Usage: fleet/);
+    }
+  });
+
+  test('enroll with curl and openssl, connect, revoke: the walk-through of the README', async () => {
+    const admin = await fleet('token', 'create', '--role', 'admin');
+    assert.equal(admin.code, 0, admin.stderr);
+    assert.match(lastLine(admin.stdout), /^fleet_op_[A-Za-z0-9_-]{43}$/);
+    assert.match(admin.stderr, /shown once/);
+
+    const added = await fleet('device', 'add', 'cli-sensor-1');
+    assert.equal(added.code, 0, added.stderr);
+    const token = lastLine(added.stdout);
+    assert.match(token, /^fleet_enroll_/);
+
+    const root = path.join(dataDir, 'pki', 'root.crt');
+    const key = path.join(dataDir, 'cli-sensor-1.key');
+    const csr = path.join(dataDir, 'cli-sensor-1.csr.b64');
+    const p7 = path.join(dataDir, 'cli-sensor-1.p7.b64');
+    const crt = path.join(dataDir, 'cli-sensor-1.crt');
+    assert.equal((await openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', key])).code, 0);
+    const pem = await openssl(['req', '-new', '-key', key, '-subj', '/CN=cli-sensor-1']);
+    await writeFile(csr, pem.stdout.replace(/-----[A-Z ]+-----/g, '').trim() + '\n');
+    const curl = await run('curl', [
+      '-sS', '--fail-with-body', '--cacert', root, '-u', `cli-sensor-1:${token}`,
+      '-H', 'Content-Type: application/pkcs10', '--data-binary', `@${csr}`,
+      '-o', p7, `https://localhost:${apiPort}/.well-known/est/simpleenroll`,
+    ]);
+    assert.equal(curl.code, 0, curl.stderr);
+    const p7der = Buffer.from(await readFile(p7, 'utf8'), 'base64');
+    assert.equal((await openssl(['pkcs7', '-inform', 'DER', '-print_certs', '-out', crt], p7der)).code, 0);
+
+    const tls = { ca: await readFile(root, 'utf8'), cert: await readFile(crt, 'utf8'), key: await readFile(key, 'utf8') };
+    const session = await connectDevice(brokerPort, 'cli-sensor-1', tls);
+    assert.equal(session.outcome, 'connected');
+    await session.client.publishAsync('devices/cli-sensor-1/telemetry', 'hello', { qos: 1 });
+    const ended = closed(session.client);
+
+    const revoked = await fleet('revoke', 'cli-sensor-1', '--reason', 'keyCompromise');
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.match(revoked.stderr, /Revoked cli-sensor-1 and 1 certificate/);
+    await ended;
+    session.client.end(true);
+    const again = await connectDevice(brokerPort, 'cli-sensor-1', tls);
+    assert.equal(again.outcome, 'refused');
+    again.client.end(true);
+  });
+
+  test('mistakes get one clear line and a non-zero exit', async () => {
+    const badId = await fleet('device', 'add', 'no/slashes');
+    assert.equal(badId.code, 1);
+    assert.match(badId.stderr, /^error: .*not a valid device id.*\[device_id_invalid\]$/m);
+    const unknown = await fleet('revoke', 'never-registered');
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /error: no device never-registered is registered \[device_not_found\]/);
+    const noRole = await fleet('token', 'create');
+    assert.notEqual(noRole.code, 0);
+    assert.match(noRole.stderr, /--role/);
+    const badConfig = await run(process.execPath, [FLEET, 'device', 'add', 'x'], { env: { ...env, FLEET_CERT_LIFETIME: 'forever' } });
+    assert.equal(badConfig.code, 2);
+    assert.match(badConfig.stderr, /FLEET_CERT_LIFETIME: "forever" is not a duration/);
+  });
+
+  test('SIGINT stops the server and its embedded PostgreSQL', async () => {
+    server.kill('SIGINT');
+    const code = await new Promise((resolve) => server.once('exit', resolve));
+    assert.equal(code, 0);
+    assert.equal(existsSync(path.join(dataDir, 'postgres', 'postmaster.pid')), false, 'postgres stopped');
+  });
+});

@@ -1,0 +1,115 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { createDeviceIdentity, type DeviceIdentity } from '../../device-sim/identity.js';
+import { loadConfig, type FleetConfig } from '../../core/config.js';
+import { type RunningFleet, startFleet } from '../../core/fleet.js';
+import { silentLogger } from '../../core/log.js';
+import { createOperatorToken } from '../../core/registry/index.js';
+import { httpsRequest, type HttpResult } from './http.js';
+
+/**
+ * A database of the test's own: on DATABASE_URL's server a fresh database created now and dropped at
+ * the end; without DATABASE_URL the embedded PostgreSQL in the test's data directory.
+ */
+export async function testDatabase(): Promise<{ url: string | undefined; drop(): Promise<void> }> {
+  const server = process.env.DATABASE_URL;
+  if (!server) return { url: undefined, drop: async () => {} };
+  const name = `fleet_test_${randomBytes(6).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: server });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      const c = new pg.Client({ connectionString: server });
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await c.end();
+    },
+  };
+}
+
+export interface EnrolledDevice {
+  identity: DeviceIdentity;
+  certificatePem: string;
+  chainPem: string;
+  serial: string;
+}
+
+export interface TestFleet {
+  fleet: RunningFleet;
+  config: FleetConfig;
+  dataDir: string;
+  adminToken: string;
+  rootPem: string;
+  apiUrl: string;
+  api(method: string, pathname: string, options?: { token?: string; json?: unknown; body?: string | Buffer; headers?: Record<string, string> }): Promise<HttpResult>;
+  register(deviceId: string): Promise<string>;
+  enroll(deviceId: string): Promise<EnrolledDevice>;
+  close(): Promise<void>;
+}
+
+export async function startTestFleet(options: { env?: Record<string, string>; clock?: () => Date } = {}): Promise<TestFleet> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
+  const database = await testDatabase();
+  const config = loadConfig({
+    FLEET_DATA_DIR: dataDir,
+    FLEET_API_PORT: '0',
+    FLEET_BROKER_PORT: '0',
+    FLEET_LISTEN_HOST: '127.0.0.1',
+    ...(database.url ? { DATABASE_URL: database.url } : {}),
+    ...options.env,
+  });
+  const fleet = await startFleet(config, silentLogger(), options.clock);
+  const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
+  const rootPem = fleet.ca.rootPem;
+  const apiUrl = `https://localhost:${fleet.api.port}`;
+
+  const api: TestFleet['api'] = (method, pathname, o = {}) => {
+    const headers: Record<string, string> = { ...o.headers };
+    if (o.token) headers.authorization = `Bearer ${o.token}`;
+    let body = o.body;
+    if (o.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(o.json);
+    }
+    return httpsRequest(apiUrl + pathname, { method, headers, body, ca: rootPem });
+  };
+
+  const register = async (deviceId: string) => {
+    const res = await api('POST', '/v1/devices', { token: admin.token, json: { id: deviceId } });
+    if (res.status !== 201) throw new Error(`registering ${deviceId} failed: ${res.status} ${res.text}`);
+    return res.json.enrollmentToken as string;
+  };
+
+  const enroll = async (deviceId: string): Promise<EnrolledDevice> => {
+    const token = await register(deviceId);
+    const identity = await createDeviceIdentity(deviceId);
+    const res = await api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem } });
+    if (res.status !== 201) throw new Error(`enrolling ${deviceId} failed: ${res.status} ${res.text}`);
+    return { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial };
+  };
+
+  return {
+    fleet,
+    config,
+    dataDir,
+    adminToken: admin.token,
+    rootPem,
+    apiUrl,
+    api,
+    register,
+    enroll,
+    async close() {
+      await fleet.close();
+      await database.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
