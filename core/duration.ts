@@ -6,11 +6,3 @@ export function parseDuration(text: string): number | undefined {
   if (!match) return undefined;
   return Number(match[1]) * UNITS[match[2]!]!;
 }
-
-export function formatDuration(ms: number): string {
-  for (const unit of ['d', 'h', 'm', 's'] as const) {
-    const size = UNITS[unit]!;
-    if (ms % size === 0 && ms >= size) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}

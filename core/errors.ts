@@ -13,5 +13,3 @@ export class FleetError extends Error {
     super(message);
   }
 }
-
-export const isFleetError = (value: unknown): value is FleetError => value instanceof FleetError;

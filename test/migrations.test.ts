@@ -4,12 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
-import { openEmbeddedDatabase } from '../core/db/embedded.js';
-import { ensureDataDir } from '../core/db/database.js';
 import { loadMigrations, migrate } from '../core/db/migrate.js';
 import { silentLogger } from '../core/log.js';
 import { sqlDir } from '../core/paths.js';
-import { testDatabase } from './support/fleet.js';
+import { scratchDatabase } from './support/fleet.js';
 
 let pool: pg.Pool;
 let cleanup: () => Promise<void>;
@@ -17,20 +15,11 @@ let scratch: string;
 
 before(async () => {
   scratch = await mkdtemp(path.join(os.tmpdir(), 'fleet-migrate-'));
-  const database = await testDatabase();
-  let url = database.url;
-  let stop = async () => {};
-  if (!url) {
-    await ensureDataDir(scratch);
-    const embedded = await openEmbeddedDatabase(scratch, silentLogger());
-    url = embedded.url;
-    stop = embedded.stop;
-  }
-  pool = new pg.Pool({ connectionString: url, max: 6 });
+  const database = await scratchDatabase(scratch);
+  pool = new pg.Pool({ connectionString: database.url, max: 6 });
   cleanup = async () => {
     await pool.end();
-    await database.drop();
-    await stop();
+    await database.close();
     await rm(scratch, { recursive: true, force: true });
   };
 });

@@ -24,10 +24,6 @@ const SERVER_RENEW_BEFORE = 30 * DAY;
 /** Certificates start a little in the past so devices with slow clocks accept them. */
 export const CLOCK_SKEW_MS = 5 * 60_000;
 
-export interface Signed {
-  certificate: x509.X509Certificate;
-}
-
 export interface CertificateRequestToSign {
   subject: string;
   publicKey: x509.PublicKey;

@@ -5,6 +5,8 @@ import path from 'node:path';
 import pg from 'pg';
 import { createDeviceIdentity, type DeviceIdentity } from '../../device-sim/identity.js';
 import { loadConfig, type FleetConfig } from '../../core/config.js';
+import { ensureDataDir } from '../../core/db/database.js';
+import { openEmbeddedDatabase } from '../../core/db/embedded.js';
 import { type RunningFleet, startFleet } from '../../core/fleet.js';
 import { silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
@@ -33,6 +35,15 @@ export async function testDatabase(): Promise<{ url: string | undefined; drop():
       await c.end();
     },
   };
+}
+
+/** A database for tests that need only a connection: the server's (fresh) or an embedded one in `dir`. */
+export async function scratchDatabase(dir: string): Promise<{ url: string; close(): Promise<void> }> {
+  const database = await testDatabase();
+  if (database.url) return { url: database.url, close: database.drop };
+  await ensureDataDir(dir);
+  const embedded = await openEmbeddedDatabase(dir, silentLogger());
+  return { url: embedded.url, close: embedded.stop };
 }
 
 export interface EnrolledDevice {
