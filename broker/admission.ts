@@ -23,8 +23,11 @@ export type Admission = { admitted: true } | { admitted: false; reason: Refusal 
 export function decideAdmission(identity: CertificateIdentity | undefined, clientId: string, now: Date): Admission {
   if (!identity) return { admitted: false, reason: 'unknown_certificate' };
   if (identity.certificateStatus === 'revoked' || identity.deviceStatus === 'revoked') return { admitted: false, reason: 'revoked' };
-  if (identity.deviceStatus === 'suspended') return { admitted: false, reason: 'suspended' };
-  if (identity.certificateStatus === 'superseded') return { admitted: false, reason: 'superseded' };
+  if (identity.deviceStatus === 'suspended' || identity.certificateStatus === 'suspended') return { admitted: false, reason: 'suspended' };
+  // A renewed certificate stays usable through the overlap, so a device can reconnect with the new one.
+  if (identity.certificateStatus === 'superseded' && !(identity.acceptUntil && now.getTime() < identity.acceptUntil.getTime())) {
+    return { admitted: false, reason: 'superseded' };
+  }
   if (identity.deviceStatus !== 'active') return { admitted: false, reason: 'device_inactive' };
   if (now.getTime() >= identity.notAfter.getTime()) return { admitted: false, reason: 'expired' };
   if (now.getTime() < identity.notBefore.getTime()) return { admitted: false, reason: 'not_yet_valid' };

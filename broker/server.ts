@@ -5,7 +5,7 @@ import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
-import { type CertificateIdentity, findIdentityByFingerprint } from '../core/registry/index.js';
+import { type CertificateIdentity, findIdentityByFingerprint, type RegistryChange } from '../core/registry/index.js';
 import { decideAdmission, type Refusal } from './admission.js';
 import { type ChangeFollower, followRegistryChanges } from './changes.js';
 import { presenceWriter } from './presence.js';
@@ -54,7 +54,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     url: deps.databaseUrl,
     log,
     onChange(change) {
-      const closed = sessions.closeDevice(change.deviceId);
+      const closed = closeAffected(sessions, change);
       if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
     },
   });
@@ -90,7 +90,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
           }
           if (socket.destroyed) return callback(new Error('connection closed during lookup'), false);
           identities.set(client, identity!);
-          sessions.add(identity!.deviceId, client);
+          sessions.add(identity!.deviceId, identity!.serial, client);
           presence.seen(identity!.deviceId);
           callback(null, true);
         },
@@ -169,4 +169,20 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       await presence.close();
     },
   };
+}
+
+/**
+ * What a registry change takes away at once. A superseded certificate keeps its sessions through the
+ * renewal overlap, and a resumed device has nothing to close.
+ */
+export function closeAffected(sessions: DeviceSessions, change: RegistryChange): number {
+  switch (change.kind) {
+    case 'device_revoked':
+    case 'device_suspended':
+      return sessions.close(change.deviceId);
+    case 'certificate_revoked':
+      return change.serial ? sessions.close(change.deviceId, change.serial) : 0;
+    default:
+      return 0;
+  }
 }

@@ -1,21 +1,21 @@
 import type { Client } from 'aedes';
 
-/** The live MQTT sessions of each device, so a revocation can find and close them at once. */
+/** The live MQTT sessions of each device, with the certificate each uses, so a revocation can close them at once. */
 export class DeviceSessions {
-  readonly #byDevice = new Map<string, Set<Client>>();
+  readonly #byDevice = new Map<string, Map<Client, string>>();
 
-  add(deviceId: string, client: Client): void {
-    let set = this.#byDevice.get(deviceId);
-    if (!set) this.#byDevice.set(deviceId, (set = new Set()));
-    set.add(client);
+  add(deviceId: string, serial: string, client: Client): void {
+    let sessions = this.#byDevice.get(deviceId);
+    if (!sessions) this.#byDevice.set(deviceId, (sessions = new Map()));
+    sessions.set(client, serial);
     client.conn.once('close', () => this.#remove(deviceId, client));
   }
 
   #remove(deviceId: string, client: Client): void {
-    const set = this.#byDevice.get(deviceId);
-    if (!set) return;
-    set.delete(client);
-    if (set.size === 0) this.#byDevice.delete(deviceId);
+    const sessions = this.#byDevice.get(deviceId);
+    if (!sessions) return;
+    sessions.delete(client);
+    if (sessions.size === 0) this.#byDevice.delete(deviceId);
   }
 
   count(deviceId?: string): number {
@@ -25,15 +25,18 @@ export class DeviceSessions {
     return total;
   }
 
-  /** Ends every session of the device; returns how many there were. */
-  closeDevice(deviceId: string): number {
-    const set = this.#byDevice.get(deviceId);
-    if (!set) return 0;
-    for (const client of set) {
+  /** Ends the device's sessions (only those using `serial`, when given); returns how many. */
+  close(deviceId: string, serial?: string): number {
+    const sessions = this.#byDevice.get(deviceId);
+    if (!sessions) return 0;
+    let closed = 0;
+    for (const [client, used] of sessions) {
+      if (serial !== undefined && used !== serial) continue;
       client.close();
       // Without waiting for MQTT-level goodbyes: the identity is no longer valid.
       client.conn.destroy();
+      closed++;
     }
-    return set.size;
+    return closed;
   }
 }

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
+import { KEY_KINDS, type KeyKind } from '../provisioning/policy.js';
 
 /** Everything a fleet-auth process can be told from its environment, validated once at start. */
 export interface FleetConfig {
@@ -14,6 +15,13 @@ export interface FleetConfig {
   hostnames: string[];
   trustDomain: string;
   certificateLifetimeMs: number;
+  minCertificateLifetimeMs: number;
+  maxCertificateLifetimeMs: number;
+  allowedKeys: KeyKind[];
+  /** Base URL of the API as devices reach it, for the CRL and OCSP URLs in certificates. */
+  publicUrl: string | undefined;
+  renewalOverlapMs: number;
+  allowKeyReuse: boolean;
   enrollmentTokenTtlMs: number;
   logLevel: string;
 }
@@ -45,6 +53,16 @@ const schema = z.object({
     .regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, 'a lower-case DNS-style name such as fleet.example.com')
     .default('fleet.local'),
   FLEET_CERT_LIFETIME: duration('90d'),
+  FLEET_CERT_LIFETIME_MIN: duration('5m'),
+  FLEET_CERT_LIFETIME_MAX: duration('397d'),
+  FLEET_ALLOWED_KEYS: z
+    .string()
+    .default('ec-p256,ec-p384')
+    .transform((text) => text.split(',').map((k) => k.trim()).filter(Boolean))
+    .pipe(z.array(z.enum(KEY_KINDS, { error: `each key kind must be one of ${KEY_KINDS.join(', ')}` })).min(1)),
+  FLEET_PUBLIC_URL: z.url({ protocol: /^https$/, error: 'an https:// URL such as https://fleet.example.com:8443' }).optional(),
+  FLEET_RENEWAL_OVERLAP: duration('1h'),
+  FLEET_ALLOW_KEY_REUSE: z.enum(['true', 'false']).default('false'),
   FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -60,6 +78,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     throw new ConfigError(`Invalid configuration in the environment:\n${lines.join('\n')}`);
   }
   const e = parsed.data;
+  if (e.FLEET_CERT_LIFETIME < e.FLEET_CERT_LIFETIME_MIN || e.FLEET_CERT_LIFETIME > e.FLEET_CERT_LIFETIME_MAX) {
+    throw new ConfigError('Invalid configuration in the environment:\n  FLEET_CERT_LIFETIME must lie between FLEET_CERT_LIFETIME_MIN and FLEET_CERT_LIFETIME_MAX');
+  }
   return {
     dataDir: path.resolve(e.FLEET_DATA_DIR),
     databaseUrl: e.DATABASE_URL,
@@ -69,6 +90,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     hostnames: e.FLEET_HOSTNAMES.split(',').map((h) => h.trim()).filter(Boolean),
     trustDomain: e.FLEET_TRUST_DOMAIN,
     certificateLifetimeMs: e.FLEET_CERT_LIFETIME,
+    minCertificateLifetimeMs: e.FLEET_CERT_LIFETIME_MIN,
+    maxCertificateLifetimeMs: e.FLEET_CERT_LIFETIME_MAX,
+    allowedKeys: e.FLEET_ALLOWED_KEYS,
+    publicUrl: e.FLEET_PUBLIC_URL?.replace(/\/+$/, ''),
+    renewalOverlapMs: e.FLEET_RENEWAL_OVERLAP,
+    allowKeyReuse: e.FLEET_ALLOW_KEY_REUSE === 'true',
     enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
     logLevel: e.LOG_LEVEL,
   };

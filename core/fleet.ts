@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { startBroker, type RunningBroker } from '../broker/server.js';
-import { defaultPolicy } from '../provisioning/policy.js';
+import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
 import type { FleetConfig } from './config.js';
 import { type Database, ensureDataDir, openDatabase } from './db/database.js';
@@ -29,7 +29,7 @@ export async function startFleet(
   };
   try {
     const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock });
-    const policy = defaultPolicy({ lifetimeMs: config.certificateLifetimeMs, trustDomain: config.trustDomain });
+    const policy = policyFromConfig(config);
     const broker = await startBroker(
       { pool: db.pool, databaseUrl: db.url, ca, clock, log },
       { host: config.listenHost, port: config.brokerPort },
@@ -40,6 +40,8 @@ export async function startFleet(
       { host: config.listenHost, port: config.apiPort },
     );
     started.push(api);
+    // With port 0 the address is known only now; certificates issued from here on name it.
+    if (!config.publicUrl) policy.publicUrl = `https://localhost:${api.port}`;
     return { db, ca, api, broker, close: stopAll };
   } catch (error) {
     await stopAll();
@@ -48,3 +50,16 @@ export async function startFleet(
 }
 
 export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');
+
+export function policyFromConfig(config: FleetConfig): IssuancePolicy {
+  return defaultPolicy({
+    allowedKeys: config.allowedKeys,
+    lifetimeMs: config.certificateLifetimeMs,
+    minLifetimeMs: config.minCertificateLifetimeMs,
+    maxLifetimeMs: config.maxCertificateLifetimeMs,
+    trustDomain: config.trustDomain,
+    publicUrl: config.publicUrl ?? `https://localhost:${config.apiPort}`,
+    renewalOverlapMs: config.renewalOverlapMs,
+    allowKeyReuse: config.allowKeyReuse,
+  });
+}

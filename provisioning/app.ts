@@ -2,6 +2,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { FleetError } from '../core/errors.js';
 import { installProblemHandlers, problemResponse } from '../core/http/problem.js';
 import { apiRouter } from '../core/http/router.js';
+import { MAX_BULK_BODY_BYTES } from './api/bulk.js';
 import { deviceRoutes } from './api/devices.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
@@ -10,16 +11,20 @@ import type { ProvisioningDeps } from './deps.js';
 
 /** Requests are small (a CSR is under 2 KiB); anything larger is refused before it is read. */
 export const MAX_BODY_BYTES = 64 * 1024;
+/** Bulk registration and batch enrollment carry thousands of rows. */
+const LARGE_BODY_PATHS = new Set(['/v1/devices/bulk', '/v1/enrollments/batch']);
 
 export function createProvisioningApp(deps: ProvisioningDeps) {
   const app = apiRouter();
   installProblemHandlers(app, deps.log);
-  app.use(
+  const limit = (maxSize: number) =>
     bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: (c) => problemResponse(c, new FleetError('body_too_large', 413, `request bodies are limited to ${MAX_BODY_BYTES} bytes`)),
-    }),
-  );
+      maxSize,
+      onError: (c) => problemResponse(c, new FleetError('body_too_large', 413, `the body of ${c.req.path} is limited to ${maxSize} bytes`)),
+    });
+  const small = limit(MAX_BODY_BYTES);
+  const large = limit(MAX_BULK_BODY_BYTES);
+  app.use((c, next) => (LARGE_BODY_PATHS.has(c.req.path) ? large : small)(c, next));
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.route('/', pkiRoutes(deps));
   app.route('/', estRoutes(deps));

@@ -1,5 +1,6 @@
 import { FleetError } from '../core/errors.js';
 import { x509 } from '../core/pki/x509.js';
+import { checkKey, type IssuancePolicy } from './policy.js';
 
 const invalid = (detail: string) =>
   new FleetError('csr_invalid', 400, `the CSR is not a PKCS#10 certificate request: ${detail}`);
@@ -43,4 +44,12 @@ export async function verifyCsrSignature(csr: x509.Pkcs10CertificateRequest): Pr
   if (!valid) {
     throw new FleetError('csr_signature_invalid', 400, "the CSR's signature does not verify with its own public key (proof of possession failed)");
   }
+}
+
+/** Parse, then the policy's key check, then proof of possession: what every CSR goes through. */
+export async function acceptCsr(policy: IssuancePolicy, input: string | Uint8Array): Promise<x509.Pkcs10CertificateRequest> {
+  const csr = parseCsr(input);
+  checkKey(policy, csr.publicKey);
+  await verifyCsrSignature(csr);
+  return csr;
 }

@@ -1,51 +1,93 @@
+import { createPublicKey } from 'node:crypto';
 import { FleetError } from '../core/errors.js';
+import { formatDuration, parseDuration } from '../core/duration.js';
 import { CLOCK_SKEW_MS, type CertificateAuthority } from '../core/pki/authority.js';
 import { fingerprintOf, sha256Hex, x509 } from '../core/pki/x509.js';
 import type { CertificateRecord } from '../core/registry/index.js';
 
+/** Key kinds a policy can allow. RSA means RSA of at least MIN_RSA_BITS, PKCS#1 v1.5 or PSS. */
+export const KEY_KINDS = ['ec-p256', 'ec-p384', 'ed25519', 'rsa'] as const;
+export type KeyKind = (typeof KEY_KINDS)[number];
+export const MIN_RSA_BITS = 2048;
+
 /**
- * The issuance policy: which keys are accepted and what a device certificate says. Everything in the
- * certificate comes from here and the registry; from the CSR only the public key is taken.
+ * The issuance policy, in one place: which keys are accepted, how long certificates live, what a
+ * device certificate says, and how renewal behaves. Everything in a certificate comes from here and
+ * the registry; from the CSR only the public key is taken.
  */
 export interface IssuancePolicy {
+  allowedKeys: readonly KeyKind[];
   lifetimeMs: number;
+  minLifetimeMs: number;
+  maxLifetimeMs: number;
   trustDomain: string;
-  allowedCurves: readonly string[];
+  /** Base URL written into certificates for the CRL, OCSP and issuer download; set once the API listens. */
+  publicUrl: string;
+  renewalOverlapMs: number;
+  allowKeyReuse: boolean;
 }
 
 export const defaultPolicy = (overrides: Partial<IssuancePolicy> = {}): IssuancePolicy => ({
+  allowedKeys: ['ec-p256', 'ec-p384'],
   lifetimeMs: 90 * 86_400_000,
+  minLifetimeMs: 5 * 60_000,
+  maxLifetimeMs: 397 * 86_400_000,
   trustDomain: 'fleet.local',
-  allowedCurves: ['P-256', 'P-384'],
+  publicUrl: 'https://localhost:8443',
+  renewalOverlapMs: 3_600_000,
+  allowKeyReuse: false,
   ...overrides,
 });
 
-export function describeKey(publicKey: x509.PublicKey): string {
+interface KeyDescription {
+  kind: KeyKind | undefined;
+  text: string;
+}
+
+const CURVES: Record<string, { kind: KeyKind; name: string }> = {
+  prime256v1: { kind: 'ec-p256', name: 'P-256' },
+  secp384r1: { kind: 'ec-p384', name: 'P-384' },
+};
+
+/** Classifies a public key by its SPKI, with OpenSSL's reading of it rather than our own. */
+export function describeKey(publicKey: x509.PublicKey): KeyDescription {
+  let key;
   try {
-    const algorithm = publicKey.algorithm as { name: string; namedCurve?: string; modulusLength?: number };
-    if (algorithm.namedCurve) return `${algorithm.name} ${algorithm.namedCurve}`;
-    if (algorithm.modulusLength) return `${algorithm.name} ${algorithm.modulusLength}-bit`;
-    return algorithm.name;
+    key = createPublicKey({ key: Buffer.from(publicKey.rawData), format: 'der', type: 'spki' });
   } catch {
-    return 'an unrecognised algorithm';
+    return { kind: undefined, text: 'a key of an unknown algorithm' };
+  }
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case 'ec': {
+      const curve = CURVES[details.namedCurve ?? ''];
+      return { kind: curve?.kind, text: `an EC ${curve?.name ?? details.namedCurve ?? 'unknown-curve'} key` };
+    }
+    case 'ed25519':
+      return { kind: 'ed25519', text: 'an Ed25519 key' };
+    case 'rsa':
+    case 'rsa-pss': {
+      const bits = details.modulusLength ?? 0;
+      return { kind: bits >= MIN_RSA_BITS ? 'rsa' : undefined, text: `a ${bits}-bit RSA key` };
+    }
+    default:
+      return { kind: undefined, text: `an ${key.asymmetricKeyType ?? 'unknown'} key` };
   }
 }
 
+const KEY_NAMES: Record<KeyKind, string> = {
+  'ec-p256': 'EC P-256',
+  'ec-p384': 'EC P-384',
+  ed25519: 'Ed25519',
+  rsa: `RSA of ${MIN_RSA_BITS} bits or more`,
+};
+
 /** Refuses keys the policy does not allow; runs before the signature check, which needs a known key. */
-export function checkKey(policy: IssuancePolicy, csr: x509.Pkcs10CertificateRequest): void {
-  let curve: string | undefined;
-  try {
-    const algorithm = csr.publicKey.algorithm as { name: string; namedCurve?: string };
-    curve = algorithm.name === 'ECDSA' ? algorithm.namedCurve : undefined;
-  } catch {
-    curve = undefined;
-  }
-  if (curve === undefined || !policy.allowedCurves.includes(curve)) {
-    throw new FleetError(
-      'key_not_allowed',
-      400,
-      `the CSR carries ${describeKey(csr.publicKey)}; allowed keys are EC ${policy.allowedCurves.join(' or ')}`,
-    );
+export function checkKey(policy: IssuancePolicy, publicKey: x509.PublicKey): void {
+  const key = describeKey(publicKey);
+  if (key.kind === undefined || !policy.allowedKeys.includes(key.kind)) {
+    const allowed = policy.allowedKeys.map((k) => KEY_NAMES[k]).join(', ');
+    throw new FleetError('key_not_allowed', 400, `the CSR carries ${key.text}; this CA accepts ${allowed}`);
   }
 }
 
@@ -53,29 +95,43 @@ export function checkKey(policy: IssuancePolicy, csr: x509.Pkcs10CertificateRequ
 export function checkSubject(csr: x509.Pkcs10CertificateRequest, deviceId: string): void {
   const names = csr.subjectName.getField('CN');
   if (names.length !== 1 || names[0] !== deviceId) {
-    throw new FleetError(
-      'subject_mismatch',
-      400,
-      `the CSR's subject is "${csr.subject}" but must be CN=${deviceId} for this device`,
-    );
+    throw new FleetError('subject_mismatch', 400, `the CSR's subject is "${csr.subject}" but must be CN=${deviceId} for this device`);
   }
 }
 
-export const deviceUri = (policy: IssuancePolicy, deviceId: string): string =>
-  `spiffe://${policy.trustDomain}/device/${deviceId}`;
+/** A lifetime a request asks for ("12h"), held to the policy's bounds; the default when none is asked. */
+export function lifetimeFor(policy: IssuancePolicy, requested: string | undefined): number {
+  if (requested === undefined) return policy.lifetimeMs;
+  const ms = parseDuration(requested);
+  const bounds = `between ${formatDuration(policy.minLifetimeMs)} and ${formatDuration(policy.maxLifetimeMs)}`;
+  if (ms === undefined) throw new FleetError('lifetime_not_allowed', 400, `"${requested}" is not a duration such as 90d or 12h; ask for one ${bounds}`);
+  if (ms < policy.minLifetimeMs || ms > policy.maxLifetimeMs) {
+    throw new FleetError('lifetime_not_allowed', 400, `a lifetime of ${requested} is outside this CA's bounds: ask for one ${bounds}`);
+  }
+  return ms;
+}
+
+export const deviceUri = (policy: IssuancePolicy, deviceId: string): string => `spiffe://${policy.trustDomain}/device/${deviceId}`;
+
+/** Where relying parties find revocation status and the issuer; written into every device certificate. */
+export const pkiUrls = (publicUrl: string) => ({
+  crl: `${publicUrl}/pki/crl`,
+  ocsp: `${publicUrl}/ocsp`,
+  issuer: `${publicUrl}/pki/issuing.crt`,
+});
 
 /** Signs a device certificate from the policy's profile and returns what the registry records of it. */
 export async function issueDeviceCertificate(
   ca: CertificateAuthority,
   policy: IssuancePolicy,
-  csr: x509.Pkcs10CertificateRequest,
-  deviceId: string,
-  now: Date,
+  request: { publicKey: x509.PublicKey; deviceId: string; lifetimeMs: number; now: Date },
 ): Promise<{ certificate: x509.X509Certificate; record: CertificateRecord }> {
-  const notAfter = Math.min(now.getTime() + policy.lifetimeMs, ca.issuing.notAfter.getTime());
+  const { publicKey, deviceId, now } = request;
+  const notAfter = Math.min(now.getTime() + request.lifetimeMs, ca.issuing.notAfter.getTime());
+  const urls = pkiUrls(policy.publicUrl);
   const certificate = await ca.sign({
     subject: new x509.Name([{ CN: [deviceId] }]).toString(),
-    publicKey: csr.publicKey,
+    publicKey,
     notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
     notAfter: new Date(notAfter),
     extensions: [
@@ -83,8 +139,10 @@ export async function issueDeviceCertificate(
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
       new x509.SubjectAlternativeNameExtension([{ type: 'url', value: deviceUri(policy, deviceId) }]),
-      await x509.SubjectKeyIdentifierExtension.create(csr.publicKey),
+      await x509.SubjectKeyIdentifierExtension.create(publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(ca.issuing.publicKey),
+      new x509.CRLDistributionPointsExtension([urls.crl]),
+      new x509.AuthorityInfoAccessExtension({ ocsp: [new x509.GeneralName('url', urls.ocsp)], caIssuers: [new x509.GeneralName('url', urls.issuer)] }),
     ],
   });
   return { certificate, record: certificateRecord(certificate) };

@@ -22,16 +22,20 @@ const TITLES: Record<number, string> = {
 };
 
 /** An RFC 9457 problem document; `code` repeats the type's last part for clients that prefer a plain string. */
-export function problemResponse(c: Context, error: FleetError): Response {
-  const body = {
+export function problemBody(error: FleetError, instance: string) {
+  return {
     type: PROBLEM_TYPE_PREFIX + error.code,
     title: TITLES[error.status] ?? 'Error',
     status: error.status,
     detail: error.message,
     code: error.code,
-    instance: new URL(c.req.url).pathname,
+    instance,
     ...error.extra,
   };
+}
+
+export function problemResponse(c: Context, error: FleetError): Response {
+  const body = problemBody(error, c.req.path);
   const headers: Record<string, string> = { 'content-type': PROBLEM_CONTENT_TYPE };
   if (error.status === 401) {
     headers['www-authenticate'] = c.req.path.startsWith('/.well-known/est/')

@@ -1,5 +1,8 @@
-import type { Queryable } from '../db/transaction.js';
-import type { DeviceStatus } from './devices.js';
+import type pg from 'pg';
+import { inTransaction, type Queryable } from '../db/transaction.js';
+import { FleetError } from '../errors.js';
+import { type Actor, recordAudit } from './audit.js';
+import { type CertificateStatus, type DeviceStatus, REVOCATION_REASONS, type RevocationReason } from './devices.js';
 
 /** What the registry keeps of an issued certificate. */
 export interface CertificateRecord {
@@ -12,59 +15,129 @@ export interface CertificateRecord {
   pem: string;
 }
 
-/** What the broker needs to decide on a TLS peer: its certificate's state and its device's. */
+/** What the broker and the renewal flow need to decide on a TLS peer: its certificate's state and its device's. */
 export interface CertificateIdentity {
   deviceId: string;
   deviceStatus: DeviceStatus;
   serial: string;
-  certificateStatus: 'active' | 'superseded' | 'revoked';
+  certificateStatus: CertificateStatus;
+  publicKeySha256: string;
   notBefore: Date;
   notAfter: Date;
+  /** For a superseded certificate: the end of its renewal overlap. */
+  acceptUntil: Date | null;
 }
 
 const INSERT_CERTIFICATE = `
   INSERT INTO certificates (serial, fingerprint, public_key_sha256, device_id, issuer, not_before, not_after, pem, created_at)
   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`;
 
-const SELECT_IDENTITY_BY_FINGERPRINT = `
-  SELECT c.device_id, d.status AS device_status, c.serial, c.status AS certificate_status, c.not_before, c.not_after
-  FROM certificates c JOIN devices d ON d.id = c.device_id
-  WHERE c.fingerprint = $1`;
+const IDENTITY_COLUMNS = `
+  c.device_id, d.status AS device_status, c.serial, c.status AS certificate_status, c.public_key_sha256,
+  c.not_before, c.not_after, c.accept_until`;
 
+const SELECT_IDENTITY_BY_FINGERPRINT = `
+  SELECT ${IDENTITY_COLUMNS} FROM certificates c JOIN devices d ON d.id = c.device_id WHERE c.fingerprint = $1`;
+
+export const SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE = `${SELECT_IDENTITY_BY_FINGERPRINT} FOR UPDATE OF c, d`;
+
+const SELECT_CERTIFICATE = `
+  SELECT serial, device_id, status, not_before, not_after, revoked_at, revocation_reason, superseded_at, accept_until, pem
+  FROM certificates WHERE serial = $1`;
+
+/** Held (suspended) certificates are listed too, with their certificateHold reason. */
 const SELECT_REVOKED = `
-  SELECT serial, revoked_at, revocation_reason FROM certificates WHERE status = 'revoked' ORDER BY revoked_at, serial`;
+  SELECT serial, revoked_at, revocation_reason FROM certificates
+  WHERE status IN ('revoked', 'suspended') ORDER BY revoked_at, serial`;
 
 const SELECT_LATEST_CHANGE = `SELECT coalesce(max(seq), 0) AS seq FROM registry_changes`;
 
+const REVOKE_ONE = `
+  UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3
+  WHERE serial = $1 AND status <> 'revoked'
+  RETURNING device_id`;
+
+const INSERT_CHANGE = `
+  INSERT INTO registry_changes (at, kind, device_id, certificate_serial) VALUES ($1, $2, $3, $4)`;
+
 export async function insertCertificate(q: Queryable, deviceId: string, c: CertificateRecord, now: Date): Promise<void> {
-  await q.query(INSERT_CERTIFICATE, [
-    c.serial,
-    c.fingerprint,
-    c.publicKeySha256,
-    deviceId,
-    c.issuer,
-    c.notBefore,
-    c.notAfter,
-    c.pem,
-    now,
-  ]);
+  await q.query(INSERT_CERTIFICATE, [c.serial, c.fingerprint, c.publicKeySha256, deviceId, c.issuer, c.notBefore, c.notAfter, c.pem, now]);
 }
 
-export async function findIdentityByFingerprint(
-  q: Queryable,
-  fingerprint: string,
-): Promise<CertificateIdentity | undefined> {
+export const toIdentity = (r: Record<string, any>): CertificateIdentity => ({
+  deviceId: r.device_id,
+  deviceStatus: r.device_status,
+  serial: r.serial,
+  certificateStatus: r.certificate_status,
+  publicKeySha256: r.public_key_sha256,
+  notBefore: r.not_before,
+  notAfter: r.not_after,
+  acceptUntil: r.accept_until,
+});
+
+export async function findIdentityByFingerprint(q: Queryable, fingerprint: string): Promise<CertificateIdentity | undefined> {
   const { rows } = await q.query(SELECT_IDENTITY_BY_FINGERPRINT, [fingerprint]);
+  return rows[0] ? toIdentity(rows[0]) : undefined;
+}
+
+export interface CertificateDetails {
+  serial: string;
+  deviceId: string;
+  status: CertificateStatus;
+  notBefore: Date;
+  notAfter: Date;
+  revokedAt: Date | null;
+  revocationReason: number | null;
+  supersededAt: Date | null;
+  acceptUntil: Date | null;
+  pem: string;
+}
+
+export async function getCertificate(q: Queryable, serial: string): Promise<CertificateDetails | undefined> {
+  const { rows } = await q.query(SELECT_CERTIFICATE, [serial.toLowerCase()]);
   const r = rows[0];
   if (!r) return undefined;
   return {
-    deviceId: r.device_id,
-    deviceStatus: r.device_status,
     serial: r.serial,
-    certificateStatus: r.certificate_status,
+    deviceId: r.device_id,
+    status: r.status,
     notBefore: r.not_before,
     notAfter: r.not_after,
+    revokedAt: r.revoked_at,
+    revocationReason: r.revocation_reason,
+    supersededAt: r.superseded_at,
+    acceptUntil: r.accept_until,
+    pem: r.pem,
   };
+}
+
+/**
+ * Revokes one certificate, leaving its device as it is (it may hold a newer one, or be re-enrolled).
+ * Sessions using that certificate are closed through the change feed.
+ */
+export async function revokeCertificate(
+  pool: pg.Pool,
+  input: { serial: string; reason: RevocationReason; actor: Actor; now: Date },
+): Promise<CertificateDetails> {
+  const serial = input.serial.toLowerCase();
+  return inTransaction(pool, async (tx) => {
+    const revoked = await tx.query(REVOKE_ONE, [serial, input.now, REVOCATION_REASONS[input.reason]]);
+    const deviceId = revoked.rows[0]?.device_id as string | undefined;
+    if (deviceId) {
+      await tx.query(INSERT_CHANGE, [input.now, 'certificate_revoked', deviceId, serial]);
+      await recordAudit(tx, {
+        actor: input.actor,
+        action: 'certificate.revoked',
+        deviceId,
+        certificateSerial: serial,
+        details: { reason: input.reason },
+        at: input.now,
+      });
+    }
+    const details = await getCertificate(tx, serial);
+    if (!details) throw new FleetError('certificate_not_found', 404, `no certificate with serial ${serial} was issued here`);
+    return details;
+  });
 }
 
 export interface RevocationList {

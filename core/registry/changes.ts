@@ -4,7 +4,7 @@ export const CHANGES_CHANNEL = 'fleet_registry_changes';
 
 export interface RegistryChange {
   seq: number;
-  kind: 'device_revoked' | 'certificate_revoked';
+  kind: 'device_revoked' | 'device_suspended' | 'device_resumed' | 'certificate_revoked' | 'certificate_superseded';
   deviceId: string;
   serial: string | null;
 }

@@ -6,29 +6,53 @@ import { type CertificateRecord, insertCertificate } from './certificates.js';
 import { ENROLLMENT_TOKEN_PREFIX, hashSecret } from './secrets.js';
 
 const SELECT_TOKEN_FOR_UPDATE = `
-  SELECT t.device_id, t.expires_at, t.used_at, d.status AS device_status
+  SELECT t.device_id, t.expires_at, t.used_at, t.csr_sha256, t.certificate_serial, d.status AS device_status
   FROM enrollment_tokens t JOIN devices d ON d.id = t.device_id
   WHERE t.token_hash = $1
   FOR UPDATE OF t, d`;
 
+const SELECT_ISSUED = `
+  SELECT serial, fingerprint, public_key_sha256, issuer, not_before, not_after, pem, status
+  FROM certificates WHERE serial = $1`;
+
 const MARK_TOKEN_USED = `
-  UPDATE enrollment_tokens SET used_at = $2, certificate_serial = $3 WHERE token_hash = $1`;
+  UPDATE enrollment_tokens SET used_at = $2, certificate_serial = $3, csr_sha256 = $4 WHERE token_hash = $1`;
 
 const ACTIVATE_DEVICE = `UPDATE devices SET status = 'active', updated_at = $2 WHERE id = $1`;
+
+/** A device enrolled again (after an operator re-issued a token) stops using what it held before. */
+const SUPERSEDE_OTHERS = `
+  UPDATE certificates SET status = 'superseded', superseded_at = $3, accept_until = $3, replaced_by = $2
+  WHERE device_id = $1 AND status = 'active' AND serial <> $2`;
 
 export interface EnrollmentRequest {
   token: string;
   /** When the caller names the device (EST's HTTP Basic user), the token must belong to it. */
   deviceId?: string;
+  /** SHA-256 of the CSR's DER: the same CSR sent again gets the same certificate back. */
+  csrSha256: string;
   now: Date;
 }
 
+export interface EnrollmentResult {
+  deviceId: string;
+  certificate: CertificateRecord;
+  /** True when this answered a retry with the certificate issued before. */
+  replayed: boolean;
+}
+
 const unknownToken = () =>
-  new FleetError(
-    'token_unknown',
-    401,
-    'the enrollment token is not known for this device; ask an operator for a new one (fleet device add)',
-  );
+  new FleetError('token_unknown', 401, 'the enrollment token is not known for this device; ask an operator for a new one (fleet device add)');
+
+const toRecord = (r: Record<string, any>): CertificateRecord => ({
+  serial: r.serial,
+  fingerprint: r.fingerprint,
+  publicKeySha256: r.public_key_sha256,
+  issuer: r.issuer,
+  notBefore: r.not_before,
+  notAfter: r.not_after,
+  pem: r.pem,
+});
 
 /**
  * Redeems a one-time enrollment token. `issue` signs the certificate for the token's device; it runs
@@ -39,25 +63,29 @@ export async function enrollWithToken(
   pool: pg.Pool,
   request: EnrollmentRequest,
   issue: (deviceId: string) => Promise<CertificateRecord>,
-): Promise<{ deviceId: string; certificate: CertificateRecord }> {
+): Promise<EnrollmentResult> {
   if (!request.token.startsWith(ENROLLMENT_TOKEN_PREFIX)) throw unknownToken();
+  const tokenHash = hashSecret(request.token);
   return inTransaction(pool, async (tx) => {
-    const found = await tx.query(SELECT_TOKEN_FOR_UPDATE, [hashSecret(request.token)]);
+    const found = await tx.query(SELECT_TOKEN_FOR_UPDATE, [tokenHash]);
     const token = found.rows[0];
     if (!token || (request.deviceId !== undefined && token.device_id !== request.deviceId)) throw unknownToken();
     const deviceId: string = token.device_id;
-    if (token.used_at) {
-      throw new FleetError('token_used', 409, `this enrollment token was already used to enroll ${deviceId}; ask an operator for a new one`);
-    }
     if (token.device_status === 'revoked') {
       throw new FleetError('device_revoked', 403, `device ${deviceId} is revoked and cannot enroll`);
+    }
+    if (token.used_at) {
+      const replay = token.csr_sha256 === request.csrSha256 ? (await tx.query(SELECT_ISSUED, [token.certificate_serial])).rows[0] : undefined;
+      if (replay && replay.status !== 'revoked') return { deviceId, certificate: toRecord(replay), replayed: true };
+      throw new FleetError('token_used', 409, `this enrollment token was already used to enroll ${deviceId}; ask an operator for a new one`);
     }
     if (token.expires_at.getTime() <= request.now.getTime()) {
       throw new FleetError('token_expired', 401, `this enrollment token expired at ${token.expires_at.toISOString()}; ask an operator for a new one`);
     }
     const certificate = await issue(deviceId);
     await insertCertificate(tx, deviceId, certificate, request.now);
-    await tx.query(MARK_TOKEN_USED, [hashSecret(request.token), request.now, certificate.serial]);
+    await tx.query(SUPERSEDE_OTHERS, [deviceId, certificate.serial, request.now]);
+    await tx.query(MARK_TOKEN_USED, [tokenHash, request.now, certificate.serial, request.csrSha256]);
     await tx.query(ACTIVATE_DEVICE, [deviceId, request.now]);
     await recordAudit(tx, {
       actor: `device:${deviceId}`,
@@ -67,6 +95,6 @@ export async function enrollWithToken(
       details: { via: 'enrollment_token', notAfter: certificate.notAfter.toISOString() },
       at: request.now,
     });
-    return { deviceId, certificate };
+    return { deviceId, certificate, replayed: false };
   });
 }

@@ -1,67 +1,133 @@
+import type { TLSSocket } from 'node:tls';
+import type { HttpBindings } from '@hono/node-server';
 import { createRoute, z } from '@hono/zod-openapi';
+import { FleetError } from '../../core/errors.js';
+import { problemBody } from '../../core/http/problem.js';
 import { apiRouter } from '../../core/http/router.js';
 import { fingerprintOf, pemChain } from '../../core/pki/x509.js';
 import type { ProvisioningDeps } from '../deps.js';
-import { enroll } from '../enrollment.js';
-import { problemResponses } from './schemas.js';
+import { enroll, type Issued, renew } from '../enrollment.js';
+import { IssuedCertificate, Lifetime, problemResponses } from './schemas.js';
+
+export const MAX_BATCH_ENROLLMENTS = 1000;
+/** Enrollments of one batch request run this many at a time, leaving pool connections for others. */
+const BATCH_CONCURRENCY = 4;
+
+const Csr = z.string().min(1).openapi({ description: 'PKCS#10 CSR, PEM or base64 DER; subject CN=<device id>' });
+const EnrollmentRequest = z.object({
+  token: z.string().min(1).openapi({ description: 'the one-time enrollment token from device registration' }),
+  csr: Csr,
+  lifetime: Lifetime.optional(),
+});
 
 const enrollRoute = createRoute({
   method: 'post',
   path: '/v1/enrollments',
-  summary: 'Enroll a device: exchange its one-time token and a PKCS#10 CSR for a client certificate',
-  request: {
-    body: {
-      required: true,
-      content: {
-        'application/json': {
-          schema: z.object({
-            token: z.string().min(1).openapi({ description: 'the one-time enrollment token from device registration' }),
-            csr: z.string().min(1).openapi({ description: 'PKCS#10 CSR, PEM or base64 DER; subject CN=<device id>, EC P-256 or P-384 key' }),
-          }),
-        },
-      },
-    },
-  },
+  summary: 'Enroll a device: exchange its one-time token and a CSR for a client certificate',
+  description: 'Sending the same CSR with the same token again (after a lost response) returns the same certificate with status 200.',
+  request: { body: { required: true, content: { 'application/json': { schema: EnrollmentRequest } } } },
   responses: {
-    201: {
-      description: 'the issued certificate',
-      content: {
-        'application/json': {
-          schema: z
-            .object({
-              deviceId: z.string(),
-              serial: z.string(),
-              fingerprint: z.string(),
-              notBefore: z.string(),
-              notAfter: z.string(),
-              certificate: z.string().openapi({ description: 'the device certificate, PEM' }),
-              chain: z.string().openapi({ description: 'the device certificate then the issuing CA, PEM' }),
-            })
-            .openapi('Enrollment'),
-        },
-      },
-    },
+    201: { description: 'the issued certificate', content: { 'application/json': { schema: IssuedCertificate } } },
+    200: { description: 'a retry: the certificate issued for this token and CSR before', content: { 'application/json': { schema: IssuedCertificate } } },
     ...problemResponses(400, 401, 403, 409, 413),
   },
 });
 
+const batchRoute = createRoute({
+  method: 'post',
+  path: '/v1/enrollments/batch',
+  summary: `Enroll up to ${MAX_BATCH_ENROLLMENTS} devices in one request; each succeeds or fails on its own`,
+  request: {
+    body: {
+      required: true,
+      content: { 'application/json': { schema: z.object({ enrollments: z.array(EnrollmentRequest).min(1).max(MAX_BATCH_ENROLLMENTS) }) } },
+    },
+  },
+  responses: {
+    200: {
+      description: 'one result per enrollment, in request order: the certificate, or a problem',
+      content: {
+        'application/json': {
+          schema: z.object({
+            issued: z.number().int(),
+            failed: z.number().int(),
+            results: z.array(z.object({ index: z.number().int(), status: z.number().int(), certificate: IssuedCertificate.optional(), problem: z.unknown().optional() })),
+          }),
+        },
+      },
+    },
+    ...problemResponses(400, 413),
+  },
+});
+
+const renewRoute = createRoute({
+  method: 'post',
+  path: '/v1/renewals',
+  summary: 'Renew over mTLS: present the current certificate as the TLS client certificate and send a CSR for a new key',
+  request: { body: { required: true, content: { 'application/json': { schema: z.object({ csr: Csr, lifetime: Lifetime.optional() }) } } } },
+  responses: {
+    201: { description: 'the new certificate; the presented one is superseded', content: { 'application/json': { schema: IssuedCertificate } } },
+    ...problemResponses(400, 401, 403, 409, 413),
+  },
+});
+
+export function issuedBody(deps: ProvisioningDeps, issued: Issued) {
+  const { certificate } = issued;
+  return {
+    deviceId: issued.deviceId,
+    serial: certificate.serialNumber.toLowerCase(),
+    fingerprint: fingerprintOf(certificate),
+    notBefore: certificate.notBefore.toISOString(),
+    notAfter: certificate.notAfter.toISOString(),
+    certificate: certificate.toString('pem') + '\n',
+    chain: pemChain(certificate, deps.ca.issuing),
+    ...(issued.previousSerial ? { previousSerial: issued.previousSerial } : {}),
+  };
+}
+
+/** Runs fn over items with at most `limit` in flight, keeping results in order. */
+async function mapLimited<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await fn(items[index]!, index);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+export const tlsSocketOf = (env: unknown): TLSSocket => (env as HttpBindings).incoming.socket as TLSSocket;
+
 export function enrollmentRoutes(deps: ProvisioningDeps) {
   const app = apiRouter();
+
   app.openapi(enrollRoute, async (c) => {
-    const { token, csr } = c.req.valid('json');
-    const { deviceId, certificate } = await enroll(deps, { token, csr });
-    return c.json(
-      {
-        deviceId,
-        serial: certificate.serialNumber.toLowerCase(),
-        fingerprint: fingerprintOf(certificate),
-        notBefore: certificate.notBefore.toISOString(),
-        notAfter: certificate.notAfter.toISOString(),
-        certificate: certificate.toString('pem') + '\n',
-        chain: pemChain(certificate, deps.ca.issuing),
-      },
-      201,
-    );
+    const issued = await enroll(deps, c.req.valid('json'));
+    return c.json(issuedBody(deps, issued), issued.replayed ? 200 : 201);
+  });
+
+  app.openapi(batchRoute, async (c) => {
+    const { enrollments } = c.req.valid('json');
+    const results = await mapLimited(enrollments, BATCH_CONCURRENCY, async (request, index) => {
+      try {
+        const issued = await enroll(deps, request);
+        return { index, status: issued.replayed ? 200 : 201, certificate: issuedBody(deps, issued) };
+      } catch (error) {
+        if (!(error instanceof FleetError)) deps.log.error({ err: error, index }, 'batch enrollment item failed');
+        const problem = error instanceof FleetError ? error : new FleetError('internal_error', 500, 'this enrollment failed on the server; it has been logged');
+        return { index, status: problem.status, problem: problemBody(problem, c.req.path) };
+      }
+    });
+    const issued = results.filter((r) => r.status < 300).length;
+    return c.json({ issued, failed: results.length - issued, results }, 200);
+  });
+
+  app.openapi(renewRoute, async (c) => {
+    const issued = await renew(deps, tlsSocketOf(c.env), c.req.valid('json'));
+    return c.json(issuedBody(deps, issued), 201);
   });
   return app;
 }

@@ -1,8 +1,9 @@
-import { Hono } from 'hono';
+import { Hono, type HonoRequest } from 'hono';
 import { FleetError } from '../../core/errors.js';
 import { x509 } from '../../core/pki/x509.js';
 import type { ProvisioningDeps } from '../deps.js';
-import { enroll } from '../enrollment.js';
+import { enroll, renew } from '../enrollment.js';
+import { tlsSocketOf } from './enrollment.js';
 
 /** RFC 7030 section 4.1.3 and 4.2.3, with RFC 8951's clarification: base64 bodies, no transfer-encoding header. */
 const CERTS_ONLY = 'application/pkcs7-mime; smime-type=certs-only';
@@ -22,6 +23,14 @@ function basicCredentials(header: string | undefined): { deviceId: string; token
   return { deviceId: decoded.slice(0, colon), token: decoded.slice(colon + 1) };
 }
 
+async function pkcs10Body(req: HonoRequest): Promise<string> {
+  const type = (req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/pkcs10') {
+    throw new FleetError('unsupported_media_type', 415, 'send the CSR as base64 DER with Content-Type: application/pkcs10');
+  }
+  return req.text();
+}
+
 export function estRoutes(deps: ProvisioningDeps) {
   const app = new Hono();
   app.get('/.well-known/est/cacerts', (c) =>
@@ -29,11 +38,12 @@ export function estRoutes(deps: ProvisioningDeps) {
   );
   app.post('/.well-known/est/simpleenroll', async (c) => {
     const credentials = basicCredentials(c.req.header('authorization'));
-    const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
-    if (type !== 'application/pkcs10') {
-      throw new FleetError('unsupported_media_type', 415, 'send the CSR as base64 DER with Content-Type: application/pkcs10');
-    }
-    const { certificate } = await enroll(deps, { ...credentials, csr: await c.req.text() });
+    const { certificate } = await enroll(deps, { ...credentials, csr: await pkcs10Body(c.req) });
+    return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
+  });
+  // Renewal: the TLS client certificate identifies the device (RFC 7030 section 4.2.2).
+  app.post('/.well-known/est/simplereenroll', async (c) => {
+    const { certificate } = await renew(deps, tlsSocketOf(c.env), { csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });
   return app;

@@ -9,6 +9,8 @@ export function pkiRoutes(deps: ProvisioningDeps) {
   const pem = { 'content-type': 'application/pem-certificate-chain' };
   app.get('/pki/ca.pem', (c) => c.body(deps.ca.chainPem, 200, pem));
   app.get('/pki/root.pem', (c) => c.body(deps.ca.rootPem, 200, pem));
+  // The caIssuers URL of device certificates: DER, as RFC 5280 section 4.2.2.1 asks.
+  app.get('/pki/issuing.crt', (c) => c.body(new Uint8Array(deps.ca.issuing.rawData), 200, { 'content-type': 'application/pkix-cert' }));
   app.get('/pki/crl', async (c) =>
     c.body(new Uint8Array((await currentCrl()).rawData), 200, { 'content-type': 'application/pkix-crl' }),
   );

@@ -2,16 +2,25 @@ import { z } from '@hono/zod-openapi';
 import { DEVICE_ID_PATTERN, DEVICE_ID_RULE, REVOCATION_REASONS } from '../../core/registry/index.js';
 
 export const DeviceId = z.string().regex(DEVICE_ID_PATTERN, DEVICE_ID_RULE).openapi({ example: 'sensor-0001' });
+export const BatchName = z.string().regex(DEVICE_ID_PATTERN, DEVICE_ID_RULE).openapi({ example: 'line-3-2026-11-24' });
+export const Profile = z.string().min(1).max(64).openapi({ description: 'hardware profile', example: 'mcu-p256' });
+export const Metadata = z
+  .record(z.string().max(64), z.union([z.string().max(256), z.number(), z.boolean(), z.null()]))
+  .refine((m) => Object.keys(m).length <= 32, 'at most 32 metadata keys')
+  .openapi({ example: { line: '3', firmware: '1.4.2' } });
+export const Lifetime = z.string().regex(/^\d+(ms|s|m|h|d)$/, 'a duration such as 90d, 12h or 30m').openapi({ example: '30d' });
 
 export const Certificate = z
   .object({
     serial: z.string(),
     fingerprint: z.string().openapi({ description: 'SHA-256 of the DER certificate, lower-case hex' }),
-    status: z.enum(['active', 'superseded', 'revoked']),
+    status: z.enum(['active', 'superseded', 'suspended', 'revoked']),
     notBefore: z.string(),
     notAfter: z.string(),
     revokedAt: z.string().nullable(),
     revocationReason: z.number().int().nullable(),
+    supersededAt: z.string().nullable(),
+    acceptUntil: z.string().nullable().openapi({ description: 'for a superseded certificate: accepted by the broker until then' }),
   })
   .openapi('Certificate');
 
@@ -19,6 +28,9 @@ export const Device = z
   .object({
     id: DeviceId,
     status: z.enum(['pending', 'active', 'suspended', 'revoked']),
+    batch: z.string().nullable(),
+    profile: z.string().nullable(),
+    metadata: z.record(z.string(), z.unknown()),
     createdAt: z.string(),
     updatedAt: z.string(),
     lastSeenAt: z.string().nullable(),
@@ -30,6 +42,19 @@ export const DeviceWithCertificates = Device.extend({ certificates: z.array(Cert
 export const RevocationReason = z
   .enum(Object.keys(REVOCATION_REASONS) as [keyof typeof REVOCATION_REASONS, ...(keyof typeof REVOCATION_REASONS)[]])
   .openapi({ description: 'RFC 5280 CRLReason' });
+
+export const IssuedCertificate = z
+  .object({
+    deviceId: z.string(),
+    serial: z.string(),
+    fingerprint: z.string(),
+    notBefore: z.string(),
+    notAfter: z.string(),
+    certificate: z.string().openapi({ description: 'the device certificate, PEM' }),
+    chain: z.string().openapi({ description: 'the device certificate then the issuing CA, PEM' }),
+    previousSerial: z.string().optional().openapi({ description: 'for a renewal: the certificate this one supersedes' }),
+  })
+  .openapi('IssuedCertificate');
 
 export const Problem = z
   .object({

@@ -60,7 +60,11 @@ export interface TestFleet {
   adminToken: string;
   rootPem: string;
   apiUrl: string;
-  api(method: string, pathname: string, options?: { token?: string; json?: unknown; body?: string | Buffer; headers?: Record<string, string> }): Promise<HttpResult>;
+  api(
+    method: string,
+    pathname: string,
+    options?: { token?: string; json?: unknown; body?: string | Buffer; headers?: Record<string, string>; tls?: { cert: string; key: string } },
+  ): Promise<HttpResult>;
   register(deviceId: string): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
   close(): Promise<void>;
@@ -90,7 +94,7 @@ export async function startTestFleet(options: { env?: Record<string, string>; cl
       headers['content-type'] = 'application/json';
       body = JSON.stringify(o.json);
     }
-    return httpsRequest(apiUrl + pathname, { method, headers, body, ca: rootPem });
+    return httpsRequest(apiUrl + pathname, { method, headers, body, ca: rootPem, ...o.tls });
   };
 
   const register = async (deviceId: string) => {

@@ -1,0 +1,79 @@
+import type pg from 'pg';
+import { inTransaction } from '../db/transaction.js';
+import { FleetError } from '../errors.js';
+import { recordAudit } from './audit.js';
+import { type CertificateIdentity, type CertificateRecord, insertCertificate, SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE, toIdentity } from './certificates.js';
+
+const KEY_USED_BEFORE = `SELECT 1 FROM certificates WHERE device_id = $1 AND public_key_sha256 = $2 LIMIT 1`;
+
+const SUPERSEDE = `
+  UPDATE certificates SET status = 'superseded', superseded_at = $2, accept_until = least($3, not_after), replaced_by = $4
+  WHERE serial = $1`;
+
+const INSERT_CHANGE = `INSERT INTO registry_changes (at, kind, device_id, certificate_serial) VALUES ($1, $2, $3, $4)`;
+
+export interface RenewalRequest {
+  /** SHA-256 fingerprint of the certificate the device presented at the TLS layer. */
+  fingerprint: string;
+  /** SHA-256 of the new public key (its SPKI DER). */
+  newKeySha256: string;
+  allowKeyReuse: boolean;
+  /** How long the old certificate stays accepted after renewal. */
+  overlapMs: number;
+  now: Date;
+}
+
+/** Why a presented certificate may not renew; the device must then be re-enrolled by an operator. */
+function refuseRenewal(identity: CertificateIdentity | undefined, now: Date): FleetError | undefined {
+  const reenroll = 'an operator must re-enroll the device (fleet device reenroll)';
+  if (!identity) return new FleetError('certificate_unknown', 401, `the client certificate is not in the registry; ${reenroll}`);
+  if (identity.certificateStatus === 'revoked' || identity.deviceStatus === 'revoked') {
+    return new FleetError('certificate_revoked', 403, `the client certificate is revoked and cannot renew`);
+  }
+  if (identity.certificateStatus === 'suspended' || identity.deviceStatus === 'suspended') {
+    return new FleetError('device_suspended', 403, `device ${identity.deviceId} is suspended; an operator must resume it first`);
+  }
+  if (identity.certificateStatus === 'superseded') {
+    return new FleetError('certificate_superseded', 409, 'this certificate was already renewed; renew with the newest certificate');
+  }
+  if (identity.notAfter.getTime() <= now.getTime()) {
+    return new FleetError('certificate_expired', 401, `the client certificate expired at ${identity.notAfter.toISOString()}; ${reenroll}`);
+  }
+  return undefined;
+}
+
+/**
+ * Renews the certificate a device presented over mTLS. `issue` signs the new certificate inside the
+ * transaction; the old one becomes superseded and stays accepted until the overlap ends (or it
+ * expires, whichever is first).
+ */
+export async function renewCertificate(
+  pool: pg.Pool,
+  request: RenewalRequest,
+  issue: (deviceId: string) => Promise<CertificateRecord>,
+): Promise<{ deviceId: string; certificate: CertificateRecord; previousSerial: string }> {
+  return inTransaction(pool, async (tx) => {
+    const row = (await tx.query(SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE, [request.fingerprint])).rows[0];
+    const identity = row ? toIdentity(row) : undefined;
+    const refusal = refuseRenewal(identity, request.now);
+    if (refusal) throw refusal;
+    const { deviceId, serial: previousSerial } = identity!;
+    if (!request.allowKeyReuse && (await tx.query(KEY_USED_BEFORE, [deviceId, request.newKeySha256])).rowCount) {
+      throw new FleetError('key_reused', 400, 'the CSR carries a key this device has used before; renew with a newly generated key');
+    }
+    const certificate = await issue(deviceId);
+    await insertCertificate(tx, deviceId, certificate, request.now);
+    const acceptUntil = new Date(request.now.getTime() + request.overlapMs);
+    await tx.query(SUPERSEDE, [previousSerial, request.now, acceptUntil, certificate.serial]);
+    await tx.query(INSERT_CHANGE, [request.now, 'certificate_superseded', deviceId, previousSerial]);
+    await recordAudit(tx, {
+      actor: `device:${deviceId}`,
+      action: 'certificate.renewed',
+      deviceId,
+      certificateSerial: certificate.serial,
+      details: { previousSerial, previousAcceptedUntil: acceptUntil.toISOString(), notAfter: certificate.notAfter.toISOString() },
+      at: request.now,
+    });
+    return { deviceId, certificate, previousSerial };
+  });
+}
