@@ -55,7 +55,8 @@ after(async () => {
 
 describe('fleet CLI beside a running `fleet start` on the embedded database', () => {
   test('every command has --help', async () => {
-    for (const args of [[], ['start'], ['token'], ['token', 'create'], ['device'], ['device', 'add'], ['revoke']]) {
+    const commands = [[], ['start'], ['token'], ['token', 'create'], ['device'], ['device', 'add'], ['device', 'import'], ['device', 'reenroll'], ['revoke'], ['suspend'], ['resume']];
+    for (const args of commands) {
       const res = await fleet(...args, '--help');
       assert.equal(res.code, 0, `fleet ${args.join(' ')} --help: ${res.stderr}`);
       assert.match(res.stdout, /Usage: fleet/);
@@ -104,6 +105,31 @@ describe('fleet CLI beside a running `fleet start` on the embedded database', ()
     const again = await connectDevice(brokerPort, 'cli-sensor-1', tls);
     assert.equal(again.outcome, 'refused');
     again.client.end(true);
+  });
+
+  test('imports a CSV batch, suspends, resumes, re-enrolls and revokes the batch', async () => {
+    const csv = path.join(dataDir, 'devices.csv');
+    await writeFile(csv, 'id,profile,site\ncli-batch-1,mcu,north\ncli-batch-2,,south\n');
+    const imported = await fleet('device', 'import', csv, '--batch', 'cli-batch', '--profile', 'gateway');
+    assert.equal(imported.code, 0, imported.stderr);
+    const lines = imported.stdout.trim().split('\n');
+    assert.equal(lines[0], 'id,enrollment_token');
+    assert.match(lines[2]!, /^cli-batch-2,fleet_enroll_/);
+    assert.match(imported.stderr, /Registered 2 devices as batch cli-batch/);
+
+    assert.equal((await fleet('suspend', 'cli-batch-1')).code, 1, 'a pending device cannot be suspended');
+    const reenroll = await fleet('device', 'reenroll', 'cli-batch-1');
+    assert.equal(reenroll.code, 0, reenroll.stderr);
+    assert.match(lastLine(reenroll.stdout), /^fleet_enroll_/);
+
+    const both = await fleet('revoke', 'cli-batch-1', '--batch', 'cli-batch');
+    assert.equal(both.code, 2, 'naming two targets is a usage error');
+    const revoked = await fleet('revoke', '--batch', 'cli-batch', '--reason', 'cessationOfOperation');
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.match(revoked.stderr, /Revoked 2 device\(s\) of batch cli-batch/);
+    const gone = await fleet('device', 'reenroll', 'cli-batch-2');
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, /revoked for good/);
   });
 
   test('mistakes get one clear line and a non-zero exit', async () => {

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { type Command, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../config.js';
@@ -10,10 +11,17 @@ import {
   OPERATOR_ROLES,
   type OperatorRole,
   registerDevice,
+  registerDevices,
+  reissueEnrollmentToken,
+  resumeDevice,
   REVOCATION_REASONS,
   type RevocationReason,
+  revokeBatch,
+  revokeCertificate,
   revokeDevice,
+  suspendDevice,
 } from '../registry/index.js';
+import { bulkFromCsv, tokensAsCsv } from '../../provisioning/api/bulk.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -90,16 +98,59 @@ export function registerCommands(program: Command): void {
       printSecret(registered.enrollmentToken);
     });
 
+  device
+    .command('import')
+    .description('register devices from a CSV file (an id column, optional profile, other columns as metadata); prints id,enrollment_token CSV on stdout')
+    .argument('<file>', 'the CSV file, or - for standard input')
+    .option('--batch <name>', 'register them as this named batch')
+    .option('--profile <profile>', 'hardware profile for rows that name none')
+    .action(async (file: string, options: { batch?: string; profile?: string }) => {
+      const text = file === '-' ? await readStdin() : await readFile(file, 'utf8');
+      const request = bulkFromCsv(text, options);
+      const registered = await withRegistry((db, config) =>
+        registerDevices(db.pool, { ...request, actor: cliActor(), tokenTtlMs: config.enrollmentTokenTtlMs, now: new Date() }),
+      );
+      const batch = registered.batch ? ` as batch ${registered.batch}` : '';
+      explain(`Registered ${registered.devices.length} devices${batch}. Each token works once and expires at ${registered.enrollmentTokenExpiresAt.toISOString()}.`);
+      process.stdout.write(tokensAsCsv(registered.devices.map((d) => ({ id: d.device.id, enrollmentToken: d.enrollmentToken }))));
+    });
+  device
+    .command('reenroll')
+    .description('a new one-time enrollment token for a registered device (e.g. its certificate expired); printed on the last line of stdout')
+    .argument('<id>', 'the device id')
+    .action(async (id: string) => {
+      const granted = await withRegistry((db, config) =>
+        reissueEnrollmentToken(db.pool, { deviceId: id, actor: cliActor(), tokenTtlMs: config.enrollmentTokenTtlMs, now: new Date() }),
+      );
+      explain(`New enrollment token for ${id}; it works once and expires at ${granted.enrollmentTokenExpiresAt.toISOString()}.`);
+      printSecret(granted.enrollmentToken);
+    });
+
   const reasonNames = Object.keys(REVOCATION_REASONS);
   program
     .command('revoke')
-    .description("revoke a device and all its certificates; its MQTT sessions close at once and the CRL lists them")
-    .argument('<id>', 'the device id')
+    .description('revoke a device (or one certificate, or a whole batch); sessions close at once and the CRL lists the certificates')
+    .argument('[id]', 'the device id')
+    .option('--serial <serial>', 'revoke only this certificate (hex serial)')
+    .option('--batch <name>', 'revoke every device of this batch')
     .addOption(new Option('--reason <reason>', 'RFC 5280 revocation reason').choices(reasonNames).default('unspecified'))
-    .action(async (id: string, options: { reason: RevocationReason }) => {
-      const result = await withRegistry((db) =>
-        revokeDevice(db.pool, { deviceId: id, reason: options.reason, actor: cliActor(), now: new Date() }),
-      );
+    .action(async (id: string | undefined, options: { reason: RevocationReason; serial?: string; batch?: string }) => {
+      const targets = [id, options.serial, options.batch].filter((x) => x !== undefined);
+      if (targets.length !== 1) {
+        throw new FleetError('usage', 2, 'name exactly one of: a device id, --serial <serial>, --batch <name>');
+      }
+      const who = { reason: options.reason, actor: cliActor(), now: new Date() };
+      if (options.serial) {
+        const certificate = await withRegistry((db) => revokeCertificate(db.pool, { serial: options.serial!, ...who }));
+        explain(`Certificate ${certificate.serial} of ${certificate.deviceId} is revoked.`);
+        return;
+      }
+      if (options.batch) {
+        const result = await withRegistry((db) => revokeBatch(db.pool, { batch: options.batch!, ...who }));
+        explain(`Revoked ${result.revokedDevices} device(s) of batch ${result.batch} and ${result.revokedSerials.length} certificate(s).`);
+        return;
+      }
+      const result = await withRegistry((db) => revokeDevice(db.pool, { deviceId: id!, ...who }));
       const serials = result.revokedSerials;
       explain(
         serials.length > 0
@@ -107,13 +158,36 @@ export function registerCommands(program: Command): void {
           : `${id} is revoked (it had no active certificate left to revoke).`,
       );
     });
+
+  program
+    .command('suspend')
+    .description('suspend a device: its sessions close, its certificates are held (certificateHold in the CRL) until resumed')
+    .argument('<id>', 'the device id')
+    .action(async (id: string) => {
+      const device = await withRegistry((db) => suspendDevice(db.pool, { deviceId: id, actor: cliActor(), now: new Date() }));
+      explain(`${device.id} is ${device.status}.`);
+    });
+  program
+    .command('resume')
+    .description('resume a suspended device: its certificates are accepted again')
+    .argument('<id>', 'the device id')
+    .action(async (id: string) => {
+      const device = await withRegistry((db) => resumeDevice(db.pool, { deviceId: id, actor: cliActor(), now: new Date() }));
+      explain(`${device.id} is ${device.status}.`);
+    });
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** A refusal or bad configuration is a one-line message; anything else keeps its stack for a bug report. */
 export function fail(error: unknown): never {
   if (error instanceof FleetError) {
     process.stderr.write(`error: ${error.message} [${error.code}]\n`);
-    process.exit(1);
+    process.exit(error.code === 'usage' ? 2 : 1);
   }
   if (error instanceof Error && error.name === 'ConfigError') {
     process.stderr.write(`error: ${error.message}\n`);

@@ -81,7 +81,7 @@ function fromJson(body: unknown): BulkRegistration {
  * CSV with a header row: an `id` column, an optional `profile` column, and any other columns as
  * metadata. The batch, and a profile for rows without one, come from the query string.
  */
-function fromCsv(text: string, query: { batch?: string; profile?: string }): BulkRegistration {
+export function bulkFromCsv(text: string, query: { batch?: string; profile?: string }): BulkRegistration {
   let records: Record<string, string>[];
   try {
     records = parse(text, { columns: true, skip_empty_lines: true, trim: true, bom: true, max_record_size: 64 * 1024 });
@@ -105,7 +105,7 @@ function fromCsv(text: string, query: { batch?: string; profile?: string }): Bul
 
 export async function readBulkRegistration(c: Context): Promise<BulkRegistration> {
   const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
-  if (type === 'text/csv') return fromCsv(await c.req.text(), { batch: c.req.query('batch'), profile: c.req.query('profile') });
+  if (type === 'text/csv') return bulkFromCsv(await c.req.text(), { batch: c.req.query('batch'), profile: c.req.query('profile') });
   if (type !== 'application/json') {
     throw new FleetError('unsupported_media_type', 415, 'send the devices as application/json or text/csv');
   }
