@@ -7,4 +7,5 @@ export * from './devices.js';
 export * from './enrollment.js';
 export * from './operators.js';
 export * from './presence.js';
+export * from './status.js';
 export { ENROLLMENT_TOKEN_PREFIX, OPERATOR_TOKEN_PREFIX } from './secrets.js';
