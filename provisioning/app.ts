@@ -5,6 +5,7 @@ import { apiRouter } from '../core/http/router.js';
 import { deviceRoutes } from './api/devices.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
+import { ocspRoutes } from './api/ocsp.js';
 import { pkiRoutes } from './api/pki.js';
 import type { ProvisioningDeps } from './deps.js';
 
@@ -22,6 +23,7 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   );
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.route('/', pkiRoutes(deps));
+  app.route('/', ocspRoutes(deps));
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
