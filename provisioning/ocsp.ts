@@ -48,7 +48,7 @@ interface IssuerHashes {
   key: Record<string, Buffer>;
 }
 
-type Answer = { good: true } | { revokedAt: Date; reason: number } | { unknown: true };
+export type OcspAnswer = { good: true } | { revokedAt: Date; reason: number } | { unknown: true };
 
 const hash = (algorithm: string, data: ArrayBuffer): Buffer => createHash(algorithm).update(new Uint8Array(data)).digest();
 
@@ -87,7 +87,7 @@ export function registrySerial(integer: ArrayBuffer): string {
  * Anything but revoked and suspended is good: OCSP's good only means "not revoked" (RFC 6960 2.2).
  * A suspended certificate is on hold, which OCSP says as revoked with reason certificateHold.
  */
-function answerFor(record: CertificateStatus | undefined, issuerName: string, now: Date): Answer {
+export function ocspAnswer(record: CertificateStatus | undefined, issuerName: string, now: Date): OcspAnswer {
   if (!record || record.issuer !== issuerName) return { unknown: true };
   const state: string = record.status;
   if (state === 'revoked') return { revokedAt: record.revokedAt ?? now, reason: record.revocationReason ?? REVOCATION_REASONS.unspecified };
@@ -95,7 +95,7 @@ function answerFor(record: CertificateStatus | undefined, issuerName: string, no
   return { good: true };
 }
 
-function certStatus(answer: Answer): CertStatus {
+function certStatus(answer: OcspAnswer): CertStatus {
   if ('good' in answer) return new CertStatus({ good: null });
   if ('unknown' in answer) return new CertStatus({ unknown: null });
   // Like the CRL: RFC 5280 5.3.1 says to leave out the reason rather than state "unspecified".
@@ -147,7 +147,7 @@ export function ocspResponder(deps: OcspResponderDeps) {
     const record = isOurIssuer(certId, issuer)
       ? await certificateStatusBySerial(deps.pool, registrySerial(certId.serialNumber))
       : undefined;
-    const answer = answerFor(record, deps.ca.issuing.subject, thisUpdate);
+    const answer = ocspAnswer(record, deps.ca.issuing.subject, thisUpdate);
     return new SingleResponse({ certID: certId, certStatus: certStatus(answer), thisUpdate, nextUpdate });
   }
 
