@@ -6,6 +6,7 @@ import { MAX_BULK_BODY_BYTES } from './api/bulk.js';
 import { deviceRoutes } from './api/devices.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
+import { ocspRoutes } from './api/ocsp.js';
 import { pkiRoutes } from './api/pki.js';
 import type { ProvisioningDeps } from './deps.js';
 
@@ -27,6 +28,7 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   app.use((c, next) => (LARGE_BODY_PATHS.has(c.req.path) ? large : small)(c, next));
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.route('/', pkiRoutes(deps));
+  app.route('/', ocspRoutes(deps));
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));

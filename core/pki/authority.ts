@@ -3,16 +3,19 @@ import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
-import { CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
+import { type AlgorithmIdentifier, CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
 import type { Logger } from '../log.js';
 import {
   type EcCurve,
+  ecdsaSignatureToDer,
   ecSigningAlgorithm,
   exportPrivateKeyPem,
   generateEcKeys,
   importEcPrivateKeyPem,
   pemChain,
   randomSerial,
+  signatureAlgorithmIdentifier,
+  subtle,
   x509,
 } from './x509.js';
 
@@ -30,6 +33,12 @@ export interface CertificateRequestToSign {
   notBefore: Date;
   notAfter: Date;
   extensions: x509.Extension[];
+}
+
+/** A DER signature over data the caller built, and the algorithm that made it. */
+export interface DetachedSignature {
+  algorithm: AlgorithmIdentifier;
+  signature: ArrayBuffer;
 }
 
 export interface RevokedEntry {
@@ -53,6 +62,8 @@ export interface CertificateAuthority {
   server: { certificatePem: string; keyPem: string };
   sign(request: CertificateRequestToSign): Promise<x509.X509Certificate>;
   signCrl(entries: RevokedEntry[], crlNumber: number, thisUpdate: Date, nextUpdate: Date): Promise<x509.X509Crl>;
+  /** Signs with the issuing CA key, for structures it vouches for directly (OCSP responses, RFC 6960 4.2.2.2). */
+  signData(data: ArrayBuffer): Promise<DetachedSignature>;
 }
 
 export interface AuthorityOptions {
@@ -123,6 +134,10 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
         ],
         entries: entries.map((e) => ({ serialNumber: e.serial, revocationDate: e.revokedAt, reason: e.reason })),
       }),
+    signData: async (data) => ({
+      algorithm: signatureAlgorithmIdentifier(signingAlgorithm),
+      signature: ecdsaSignatureToDer(ISSUING_CURVE, await subtle.sign(signingAlgorithm, issuing.key, data)),
+    }),
   };
 }
 

@@ -1,6 +1,7 @@
 // @peculiar/x509 needs the Reflect metadata polyfill loaded once, before its first use.
 import 'reflect-metadata';
 import { createHash, randomBytes, webcrypto } from 'node:crypto';
+import type { AlgorithmIdentifier } from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
@@ -48,3 +49,14 @@ export async function importEcPrivateKeyPem(pem: string, curve: EcCurve): Promis
 
 export const pemChain = (...certificates: x509.X509Certificate[]): string =>
   certificates.map((c) => c.toString('pem')).join('\n') + '\n';
+
+/** The AlgorithmIdentifier that names a webcrypto signing algorithm in DER (ecdsa-with-SHA256 for ECDSA/SHA-256). */
+export const signatureAlgorithmIdentifier = (algorithm: Algorithm): AlgorithmIdentifier =>
+  new x509.AlgorithmProvider().toAsnAlgorithm(algorithm);
+
+/** Webcrypto gives an ECDSA signature as raw r||s; X.509, CRLs and OCSP carry it as a DER ECDSA-Sig-Value. */
+export function ecdsaSignatureToDer(curve: EcCurve, raw: ArrayBuffer): ArrayBuffer {
+  const der = new x509.AsnEcSignatureFormatter().toAsnSignature(ecKeyAlgorithm(curve), raw);
+  if (!der) throw new Error(`cannot encode an ECDSA signature on ${curve}`);
+  return der;
+}

@@ -42,7 +42,7 @@ const SELECT_IDENTITY_BY_FINGERPRINT = `
 export const SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE = `${SELECT_IDENTITY_BY_FINGERPRINT} FOR UPDATE OF c, d`;
 
 const SELECT_CERTIFICATE = `
-  SELECT serial, device_id, status, not_before, not_after, revoked_at, revocation_reason, superseded_at, accept_until, pem
+  SELECT serial, device_id, issuer, status, not_before, not_after, revoked_at, revocation_reason, superseded_at, accept_until, pem
   FROM certificates WHERE serial = $1`;
 
 /** Held (suspended) certificates are listed too, with their certificateHold reason. */
@@ -83,6 +83,8 @@ export async function findIdentityByFingerprint(q: Queryable, fingerprint: strin
 export interface CertificateDetails {
   serial: string;
   deviceId: string;
+  /** The issuing CA's subject: which CA signed it, for revocation checkers. */
+  issuer: string;
   status: CertificateStatus;
   notBefore: Date;
   notAfter: Date;
@@ -100,6 +102,7 @@ export async function getCertificate(q: Queryable, serial: string): Promise<Cert
   return {
     serial: r.serial,
     deviceId: r.device_id,
+    issuer: r.issuer,
     status: r.status,
     notBefore: r.not_before,
     notAfter: r.not_after,
