@@ -3,6 +3,7 @@ import { FleetError } from '../core/errors.js';
 import { installProblemHandlers, problemResponse } from '../core/http/problem.js';
 import { apiRouter } from '../core/http/router.js';
 import { deviceRoutes } from './api/devices.js';
+import { docsRoutes } from './api/docs.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
 import { pkiRoutes } from './api/pki.js';
@@ -26,6 +27,7 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
+  app.route('/', docsRoutes());
   app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
   return app;
 }
