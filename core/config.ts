@@ -24,6 +24,8 @@ export interface FleetConfig {
   allowKeyReuse: boolean;
   enrollmentTokenTtlMs: number;
   logLevel: string;
+  /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
+  caPassphrase: string | undefined;
 }
 
 const duration = (fallback: string) =>
@@ -64,6 +66,8 @@ const schema = z.object({
   FLEET_RENEWAL_OVERLAP: duration('1h'),
   FLEET_ALLOW_KEY_REUSE: z.enum(['true', 'false']).default('false'),
   FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
+  // The length rule says nothing about the value, so the passphrase never appears in an error.
+  FLEET_CA_PASSPHRASE: z.string().min(12, 'must be at least 12 characters').optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -98,5 +102,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     allowKeyReuse: e.FLEET_ALLOW_KEY_REUSE === 'true',
     enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
     logLevel: e.LOG_LEVEL,
+    caPassphrase: e.FLEET_CA_PASSPHRASE,
   };
 }

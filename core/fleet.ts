@@ -6,6 +6,7 @@ import type { FleetConfig } from './config.js';
 import { type Database, ensureDataDir, openDatabase } from './db/database.js';
 import type { Logger } from './log.js';
 import { type CertificateAuthority, loadAuthority } from './pki/authority.js';
+import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from './pki/key-store.js';
 
 export interface RunningFleet {
   db: Database;
@@ -28,7 +29,9 @@ export async function startFleet(
     for (const part of started.reverse()) await part.close().catch((error) => log.error({ err: error }, 'shutdown step failed'));
   };
   try {
-    const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock });
+    const keyStore = fileKeyStore(pkiDir(config), { passphrase: config.caPassphrase, log });
+    const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock, keyStore });
+    warnIfKeysUnencrypted(keyStore, config, log);
     const policy = policyFromConfig(config);
     const broker = await startBroker(
       { pool: db.pool, databaseUrl: db.url, ca, clock, log },
@@ -48,6 +51,17 @@ export async function startFleet(
     throw error;
   }
 }
+
+/** Said after the CA loaded, so a start that fails on encrypted keys does not also claim they are unencrypted. */
+function warnIfKeysUnencrypted(keyStore: KeyStore, config: FleetConfig, log: Logger): void {
+  if (keyStore.encrypted) return;
+  log.warn(
+    { dir: pkiDir(config) },
+    `the CA private keys are not encrypted at rest; set ${PASSPHRASE_VARIABLE} (12 characters or more) to encrypt them on the next start`,
+  );
+}
+
+const pkiDir = (config: FleetConfig) => path.join(config.dataDir, 'pki');
 
 export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');
 

@@ -9,10 +9,14 @@ const REDACT = [
   'password',
   'privateKey',
   'key',
+  'passphrase',
+  'caPassphrase',
   '*.token',
   '*.enrollmentToken',
   '*.password',
   '*.privateKey',
+  '*.passphrase',
+  '*.caPassphrase',
   'req.headers.authorization',
 ];
 

@@ -4,6 +4,7 @@ import { installProblemHandlers, problemResponse } from '../core/http/problem.js
 import { apiRouter } from '../core/http/router.js';
 import { MAX_BULK_BODY_BYTES } from './api/bulk.js';
 import { deviceRoutes } from './api/devices.js';
+import { docsRoutes } from './api/docs.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
 import { ocspRoutes } from './api/ocsp.js';
@@ -33,6 +34,7 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
+  app.route('/', docsRoutes());
   app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
   return app;
 }

@@ -1,10 +1,11 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { type AlgorithmIdentifier, CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
 import type { Logger } from '../log.js';
+import { fileKeyStore, type KeyStore } from './key-store.js';
 import {
   type EcCurve,
   ecdsaSignatureToDer,
@@ -71,6 +72,8 @@ export interface AuthorityOptions {
   hostnames: string[];
   log: Logger;
   now?: () => Date;
+  /** Where the private keys are kept; unencrypted files in `<dataDir>/pki` when not given. */
+  keyStore?: KeyStore;
 }
 
 interface KeyedCertificate {
@@ -85,7 +88,7 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
   const dir = path.join(options.dataDir, 'pki');
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
-  const files = pkiFiles(dir);
+  const files = pkiFiles(dir, options.keyStore ?? fileKeyStore(dir, { log: options.log }));
 
   const root =
     (await readKeyed(files.root, ROOT_CURVE)) ??
@@ -141,16 +144,18 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
   };
 }
 
-function pkiFiles(dir: string) {
-  const pair = (name: string) => ({ cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) });
+function pkiFiles(dir: string, keys: KeyStore) {
+  const pair = (name: string) => ({ cert: path.join(dir, `${name}.crt`), key: name, keys });
   return { root: pair('root'), issuing: pair('issuing'), server: pair('server') };
 }
 
-type FilePair = { cert: string; key: string };
+/** A certificate file and the name its private key has in the key store. */
+type FilePair = { cert: string; key: string; keys: KeyStore };
 
 async function readKeyed(files: FilePair, curve: EcCurve): Promise<KeyedCertificate | undefined> {
-  if (!existsSync(files.cert) || !existsSync(files.key)) return undefined;
-  const keyPem = await readFile(files.key, 'utf8');
+  if (!existsSync(files.cert)) return undefined;
+  const keyPem = await files.keys.read(files.key);
+  if (keyPem === undefined) return undefined;
   return {
     certificate: new x509.X509Certificate(await readFile(files.cert, 'utf8')),
     key: await importEcPrivateKeyPem(keyPem, curve),
@@ -165,9 +170,8 @@ async function createAndStore(
   create: () => Promise<KeyedCertificate>,
 ): Promise<KeyedCertificate> {
   const made = await create();
-  // Key first, written aside and renamed, so a crash never leaves a certificate without its key.
-  await writeFile(`${files.key}.tmp`, made.keyPem, { mode: 0o600 });
-  await rename(`${files.key}.tmp`, files.key);
+  // Key first, so a crash never leaves a certificate without its key.
+  await files.keys.write(files.key, made.keyPem);
   await writeFile(files.cert, made.certificate.toString('pem') + '\n', { mode: 0o644 });
   log.info({ subject: made.certificate.subject, notAfter: made.certificate.notAfter, file: files.cert }, `created ${what}`);
   return made;

@@ -8,7 +8,7 @@ import { loadConfig, type FleetConfig } from '../../core/config.js';
 import { ensureDataDir } from '../../core/db/database.js';
 import { openEmbeddedDatabase } from '../../core/db/embedded.js';
 import { type RunningFleet, startFleet } from '../../core/fleet.js';
-import { silentLogger } from '../../core/log.js';
+import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';
 
@@ -70,7 +70,9 @@ export interface TestFleet {
   close(): Promise<void>;
 }
 
-export async function startTestFleet(options: { env?: Record<string, string>; clock?: () => Date } = {}): Promise<TestFleet> {
+export async function startTestFleet(
+  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger } = {},
+): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
   const database = await testDatabase();
   const config = loadConfig({
@@ -81,7 +83,7 @@ export async function startTestFleet(options: { env?: Record<string, string>; cl
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, silentLogger(), options.clock);
+  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
   const apiUrl = `https://localhost:${fleet.api.port}`;

@@ -1,0 +1,92 @@
+import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError } from '../config.js';
+import type { Logger } from '../log.js';
+
+/**
+ * Where the CA's private keys live. The CA asks for keys by name ('root', 'issuing', 'server') and
+ * always sees unencrypted PKCS#8 PEM in memory; how they are kept at rest is the store's business,
+ * so a KMS- or HSM-backed store can replace the file store without touching the CA.
+ */
+export interface KeyStore {
+  /** The named key as unencrypted PKCS#8 PEM, or undefined when there is none yet. */
+  read(name: string): Promise<string | undefined>;
+  /** Stores the named key, given as unencrypted PKCS#8 PEM, replacing any earlier one. */
+  write(name: string, pem: string): Promise<void>;
+  /** Whether keys are encrypted at rest; when false the operator is told at start. */
+  readonly encrypted: boolean;
+}
+
+export const PASSPHRASE_VARIABLE = 'FLEET_CA_PASSPHRASE';
+
+const ENCRYPTED_PEM = '-----BEGIN ENCRYPTED PRIVATE KEY-----';
+/** PKCS#8 PBES2: PBKDF2-HMAC-SHA256 key derivation, AES-256-CBC, which openssl and every PKCS#8 reader accept. */
+const CIPHER = 'aes-256-cbc';
+
+/**
+ * Keys as `<dir>/<name>.key`, mode 0600. With a passphrase they are encrypted PKCS#8, and a key
+ * found unencrypted (a data directory from before the passphrase was set) is encrypted in place the
+ * first time it is read. Without one they are plain PKCS#8, as openssl writes them.
+ */
+export function fileKeyStore(dir: string, options: { passphrase?: string; log: Logger }): KeyStore {
+  const { passphrase, log } = options;
+  const fileOf = (name: string) => path.join(dir, `${name}.key`);
+
+  const store = async (file: string, pem: string) => {
+    const contents = passphrase === undefined ? pem : encrypt(pem, passphrase);
+    // Written aside and renamed, so a crash never leaves a half-written key behind.
+    await writeFile(`${file}.tmp`, contents, { mode: 0o600 });
+    await rename(`${file}.tmp`, file);
+  };
+
+  return {
+    encrypted: passphrase !== undefined,
+    async read(name) {
+      const file = fileOf(name);
+      if (!existsSync(file)) return undefined;
+      const contents = await readFile(file, 'utf8');
+      if (contents.trimStart().startsWith(ENCRYPTED_PEM)) return decrypt(file, contents, passphrase);
+      if (passphrase === undefined) return contents;
+      const pem = plainPkcs8(parsePlain(file, contents));
+      await store(file, pem);
+      log.info({ file }, `encrypted the CA key at rest with ${PASSPHRASE_VARIABLE}`);
+      return pem;
+    },
+    write: (name, pem) => store(fileOf(name), pem),
+  };
+}
+
+function encrypt(pem: string, passphrase: string): string {
+  return createPrivateKey({ key: pem, format: 'pem' }).export({ type: 'pkcs8', format: 'pem', cipher: CIPHER, passphrase }) as string;
+}
+
+const plainPkcs8 = (key: KeyObject): string => key.export({ type: 'pkcs8', format: 'pem' }) as string;
+
+/** OpenSSL's reasons (bad decrypt, interrupted) mean nothing to an operator; say what to do instead. */
+function decrypt(file: string, contents: string, passphrase: string | undefined): string {
+  if (passphrase === undefined) {
+    throw new ConfigError(
+      `${file} is encrypted but ${PASSPHRASE_VARIABLE} is not set; set it to the passphrase the CA keys were encrypted with`,
+    );
+  }
+  let key: KeyObject;
+  try {
+    key = createPrivateKey({ key: contents, format: 'pem', passphrase });
+  } catch {
+    throw new ConfigError(
+      `${PASSPHRASE_VARIABLE} does not decrypt ${file}: the passphrase is wrong, or the file is damaged. ` +
+        'Set the passphrase the CA keys were encrypted with; if it is lost, the CA must be replaced (every device re-enrolls).',
+    );
+  }
+  return plainPkcs8(key);
+}
+
+function parsePlain(file: string, contents: string): KeyObject {
+  try {
+    return createPrivateKey({ key: contents, format: 'pem' });
+  } catch {
+    throw new ConfigError(`${file} is not a PEM private key; restore it from a backup, or remove the CA's files to create a new CA`);
+  }
+}
