@@ -1,6 +1,6 @@
 import pg from 'pg';
 import type { Logger } from '../core/log.js';
-import { CHANGES_CHANNEL, changesSince, latestChangeSeq, parseChange, type RegistryChange } from '../core/registry/index.js';
+import { CA_CHANNEL, CHANGES_CHANNEL, changesSince, latestChangeSeq, parseChange, type RegistryChange } from '../core/registry/index.js';
 
 /**
  * Sequence numbers are taken at insert but become visible at commit, so a change can appear after one
@@ -15,6 +15,10 @@ export interface ChangeFollower {
   readonly epoch: number;
   /** Resolves once LISTEN is in place for the first time. */
   readonly ready: Promise<void>;
+  /** Called for every registry change, in the order received. */
+  onChange(listener: (change: RegistryChange) => void): void;
+  /** Called when the issuing CAs changed, and after a reconnect (a rotation may have been missed). */
+  onCaChange(listener: () => void): void;
   close(): Promise<void>;
 }
 
@@ -22,12 +26,10 @@ export interface ChangeFollower {
  * Follows registry changes through LISTEN/NOTIFY on a connection of its own. After losing that
  * connection it reconnects and replays from the registry_changes table, so no change is missed.
  */
-export function followRegistryChanges(options: {
-  url: string;
-  log: Logger;
-  onChange: (change: RegistryChange) => void;
-}): ChangeFollower {
-  const { url, log, onChange } = options;
+export function followRegistryChanges(options: { url: string; log: Logger }): ChangeFollower {
+  const { url, log } = options;
+  const changeListeners: ((change: RegistryChange) => void)[] = [];
+  const caListeners: (() => void)[] = [];
   let lastSeq: number | undefined;
   let epoch = 0;
   let client: pg.Client | undefined;
@@ -38,11 +40,16 @@ export function followRegistryChanges(options: {
   const deliver = (change: RegistryChange) => {
     epoch++;
     if (lastSeq === undefined || change.seq > lastSeq) lastSeq = change.seq;
-    try {
-      onChange(change);
-    } catch (error) {
-      log.error({ err: error, change }, 'handling a registry change failed');
+    for (const listener of changeListeners) {
+      try {
+        listener(change);
+      } catch (error) {
+        log.error({ err: error, change }, 'handling a registry change failed');
+      }
     }
+  };
+  const caChanged = () => {
+    for (const listener of caListeners) listener();
   };
 
   const scheduleReconnect = (why: unknown) => {
@@ -62,6 +69,7 @@ export function followRegistryChanges(options: {
   const connect = async () => {
     const c = new pg.Client({ connectionString: url, application_name: 'fleet-auth broker changes' });
     c.on('notification', (message) => {
+      if (message.channel === CA_CHANNEL) return caChanged();
       const change = parseChange(message.payload);
       if (change) deliver(change);
     });
@@ -72,11 +80,13 @@ export function followRegistryChanges(options: {
     client = c;
     await c.connect();
     await c.query(`LISTEN ${CHANGES_CHANNEL}`);
+    await c.query(`LISTEN ${CA_CHANNEL}`);
     if (lastSeq === undefined) {
       lastSeq = await latestChangeSeq(c);
     } else {
       const missed = await changesSince(c, Math.max(0, lastSeq - REPLAY_WINDOW), 100_000);
       for (const change of missed) deliver(change);
+      caChanged();
       log.info({ replayed: missed.length, lastSeq }, 'registry change feed restored');
     }
     retryMs = 100;
@@ -89,6 +99,8 @@ export function followRegistryChanges(options: {
       return epoch;
     },
     ready,
+    onChange: (listener) => void changeListeners.push(listener),
+    onCaChange: (listener) => void caListeners.push(listener),
     async close() {
       closed = true;
       clearTimeout(retryTimer);

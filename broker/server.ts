@@ -7,15 +7,16 @@ import type { CertificateAuthority } from '../core/pki/authority.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
 import { type CertificateIdentity, findIdentityByFingerprint, type RegistryChange } from '../core/registry/index.js';
 import { decideAdmission, type Refusal } from './admission.js';
-import { type ChangeFollower, followRegistryChanges } from './changes.js';
+import type { ChangeFollower } from './changes.js';
+import { secureContextOptions } from '../core/pki/tls.js';
 import { presenceWriter } from './presence.js';
 import { DeviceSessions } from './sessions.js';
 import { mayPublish, maySubscribe } from './topics.js';
 
 export interface BrokerDeps {
   pool: pg.Pool;
-  /** For the LISTEN connection, which cannot be a pooled one. */
-  databaseUrl: string;
+  /** Registry changes (revocations) as they commit. */
+  changes: ChangeFollower;
   ca: CertificateAuthority;
   clock: () => Date;
   log: Logger;
@@ -31,6 +32,8 @@ export interface RunningBroker {
   sessions: DeviceSessions;
   /** Refused connections by reason since start. */
   refusals: ReadonlyMap<Refusal, number>;
+  /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
+  reloadTrust(): void;
   close(): Promise<void>;
 }
 
@@ -50,13 +53,10 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     return new Error(`connection refused: ${reason}`);
   };
 
-  const changes: ChangeFollower = followRegistryChanges({
-    url: deps.databaseUrl,
-    log,
-    onChange(change) {
-      const closed = closeAffected(sessions, change);
-      if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
-    },
+  const { changes } = deps;
+  changes.onChange((change) => {
+    const closed = closeAffected(sessions, change);
+    if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
   });
 
   /**
@@ -120,14 +120,11 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   const open = new Set<tls.TLSSocket>();
   const server = tls.createServer(
     {
-      key: deps.ca.server.keyPem,
-      cert: deps.ca.server.certificatePem,
-      ca: deps.ca.chainPem,
+      ...secureContextOptions(deps.ca),
       requestCert: true,
       // Chain, validity and EKU are checked by OpenSSL during the handshake; a peer that fails never
       // sends a byte of MQTT.
       rejectUnauthorized: true,
-      minVersion: 'TLSv1.2',
       handshakeTimeout: 10_000,
     },
     (socket) => {
@@ -144,11 +141,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   });
 
   try {
-    await changes.ready;
     server.listen(options.port, options.host);
     await once(server, 'listening');
   } catch (error) {
-    await changes.close();
     await presence.close();
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw error;
@@ -160,12 +155,12 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     port,
     sessions,
     refusals,
+    reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
     async close() {
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       for (const socket of open) socket.destroy();
       await stopped;
-      await changes.close();
       await presence.close();
     },
   };

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
-import { KEY_KINDS, type KeyKind } from '../provisioning/policy.js';
+import { KEY_KINDS, type KeyKind } from './pki/key-kinds.js';
 
 /** Everything a fleet-auth process can be told from its environment, validated once at start. */
 export interface FleetConfig {

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { followRegistryChanges } from '../broker/changes.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
@@ -29,12 +30,15 @@ export async function startFleet(
     for (const part of started.reverse()) await part.close().catch((error) => log.error({ err: error }, 'shutdown step failed'));
   };
   try {
-    const keyStore = fileKeyStore(pkiDir(config), { passphrase: config.caPassphrase, log });
+    const keyStore = caKeyStore(config, log);
     const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock, keyStore });
     warnIfKeysUnencrypted(keyStore, config, log);
     const policy = policyFromConfig(config);
+    const changes = followRegistryChanges({ url: db.url, log });
+    started.push(changes);
+    await changes.ready;
     const broker = await startBroker(
-      { pool: db.pool, databaseUrl: db.url, ca, clock, log },
+      { pool: db.pool, changes, ca, clock, log },
       { host: config.listenHost, port: config.brokerPort },
     );
     started.push(broker);
@@ -45,6 +49,16 @@ export async function startFleet(
     started.push(api);
     // With port 0 the address is known only now; certificates issued from here on name it.
     if (!config.publicUrl) policy.publicUrl = `https://localhost:${api.port}`;
+    // A rotation (fleet ca rotate) in any process: sign with the new issuing CA and trust it at once.
+    changes.onCaChange(() => {
+      ca.reload()
+        .then(() => {
+          broker.reloadTrust();
+          api.reloadTrust();
+          log.info({ issuing: ca.current.certificate.subject, trusted: ca.issuers.length }, 'CA reloaded');
+        })
+        .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
+    });
     return { db, ca, api, broker, close: stopAll };
   } catch (error) {
     await stopAll();
@@ -60,6 +74,9 @@ function warnIfKeysUnencrypted(keyStore: KeyStore, config: FleetConfig, log: Log
     `the CA private keys are not encrypted at rest; set ${PASSPHRASE_VARIABLE} (12 characters or more) to encrypt them on the next start`,
   );
 }
+
+/** The CA's keys, encrypted at rest when FLEET_CA_PASSPHRASE is set. */
+export const caKeyStore = (config: FleetConfig, log: Logger): KeyStore => fileKeyStore(pkiDir(config), { passphrase: config.caPassphrase, log });
 
 const pkiDir = (config: FleetConfig) => path.join(config.dataDir, 'pki');
 

@@ -19,7 +19,7 @@ import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { Certificate, CRLReason, type Extension } from '@peculiar/asn1-x509';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
-import type { CertificateAuthority } from '../core/pki/authority.js';
+import type { CertificateAuthority, IssuingCa } from '../core/pki/authority.js';
 import { type CertificateDetails, getCertificate, REVOCATION_REASONS } from '../core/registry/index.js';
 
 /** What the answer depends on. */
@@ -136,38 +136,59 @@ function parseRequest(der: Uint8Array): OCSPRequest | undefined {
 const unsuccessful = (status: OCSPResponseStatus): ArrayBuffer =>
   AsnConvert.serialize(new OCSPResponse({ responseStatus: status }));
 
+/** An issuing CA as the responder sees it: parsed once, with its CertID hashes. */
+interface Responder {
+  issuer: IssuingCa;
+  asn: Certificate;
+  hashes: IssuerHashes;
+  id: ResponderID;
+}
+
+function responderFor(issuer: IssuingCa): Responder {
+  const asn = AsnConvert.parse(issuer.certificate.rawData, Certificate);
+  return { issuer, asn, hashes: issuerHashes(asn), id: new ResponderID({ byKey: new KeyHash(hash('sha1', publicKeyBits(asn))) }) };
+}
+
 /**
- * An OCSP responder for the issuing CA, which signs its answers itself (RFC 6960 4.2.2.2), so relying
- * parties need no delegated responder certificate. Every outcome is a DER OCSPResponse: a request
- * it cannot read gets malformedRequest, a failure of ours internalError; nothing throws.
+ * An OCSP responder for our issuing CAs, each signing the answers about its own certificates
+ * (RFC 6960 4.2.2.2), so relying parties need no delegated responder certificate. A request is
+ * answered by the issuer its first CertID names; CertIDs of any other issuer are answered unknown.
+ * Every outcome is a DER OCSPResponse: a request it cannot read gets malformedRequest, a failure of
+ * ours internalError; nothing throws.
  */
 export function ocspResponder(deps: OcspResponderDeps) {
-  const issuing = AsnConvert.parse(deps.ca.issuing.rawData, Certificate);
-  const issuer = issuerHashes(issuing);
-  const responderId = new ResponderID({ byKey: new KeyHash(hash('sha1', publicKeyBits(issuing))) });
+  const responders = new Map<string, Responder>();
+  // Issuers come and go with rotation, so they are looked up per request and parsed once each.
+  const currentResponders = () =>
+    deps.ca.issuers.map((issuer) => {
+      let responder = responders.get(issuer.keyId);
+      if (!responder) responders.set(issuer.keyId, (responder = responderFor(issuer)));
+      return responder;
+    });
 
-  async function singleResponse(certId: CertID, thisUpdate: Date, nextUpdate: Date): Promise<SingleResponse> {
-    const record = isOurIssuer(certId, issuer)
-      ? await getCertificate(deps.pool, registrySerial(certId.serialNumber))
-      : undefined;
-    const answer = ocspAnswer(record, deps.ca.issuing.subject, thisUpdate);
+  async function singleResponse(responder: Responder, certId: CertID, thisUpdate: Date, nextUpdate: Date): Promise<SingleResponse> {
+    const record = isOurIssuer(certId, responder.hashes) ? await getCertificate(deps.pool, registrySerial(certId.serialNumber)) : undefined;
+    const answer = ocspAnswer(record, responder.issuer.certificate.subject, thisUpdate);
     return new SingleResponse({ certID: certId, certStatus: certStatus(answer), thisUpdate, nextUpdate });
   }
 
   async function signedResponse(request: OCSPRequest): Promise<ArrayBuffer> {
     const now = wholeSeconds(deps.clock());
     const nextUpdate = new Date(now.getTime() + RESPONSE_VALIDITY_MS);
+    const all = currentResponders();
+    const first = request.tbsRequest.requestList[0]?.reqCert;
+    const responder = all.find((r) => first && isOurIssuer(first, r.hashes)) ?? all[0]!;
     const responses: SingleResponse[] = [];
-    for (const { reqCert } of request.tbsRequest.requestList) responses.push(await singleResponse(reqCert, now, nextUpdate));
+    for (const { reqCert } of request.tbsRequest.requestList) responses.push(await singleResponse(responder, reqCert, now, nextUpdate));
     const nonce = nonceOf(request);
     const tbsResponseData = new ResponseData({
-      responderID: responderId,
+      responderID: responder.id,
       producedAt: now,
       responses,
       ...(nonce ? { responseExtensions: [nonce] } : {}),
     });
-    const { algorithm, signature } = await deps.ca.signData(AsnConvert.serialize(tbsResponseData));
-    const basic = new BasicOCSPResponse({ tbsResponseData, signatureAlgorithm: algorithm, signature, certs: [issuing] });
+    const { algorithm, signature } = await responder.issuer.signData(AsnConvert.serialize(tbsResponseData));
+    const basic = new BasicOCSPResponse({ tbsResponseData, signatureAlgorithm: algorithm, signature, certs: [responder.asn] });
     const response = new OCSPResponse({
       responseStatus: OCSPResponseStatus.successful,
       responseBytes: new ResponseBytes({ responseType: id_pkix_ocsp_basic, response: new OctetString(AsnConvert.serialize(basic)) }),

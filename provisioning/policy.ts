@@ -2,13 +2,10 @@ import { createPublicKey } from 'node:crypto';
 import { FleetError } from '../core/errors.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { CLOCK_SKEW_MS, type CertificateAuthority } from '../core/pki/authority.js';
+import { type KeyKind, MIN_RSA_BITS } from '../core/pki/key-kinds.js';
 import { fingerprintOf, sha256Hex, x509 } from '../core/pki/x509.js';
 import type { CertificateRecord } from '../core/registry/index.js';
 
-/** Key kinds a policy can allow. RSA means RSA of at least MIN_RSA_BITS, PKCS#1 v1.5 or PSS. */
-export const KEY_KINDS = ['ec-p256', 'ec-p384', 'ed25519', 'rsa'] as const;
-export type KeyKind = (typeof KEY_KINDS)[number];
-export const MIN_RSA_BITS = 2048;
 
 /**
  * The issuance policy, in one place: which keys are accepted, how long certificates live, what a
@@ -113,11 +110,14 @@ export function lifetimeFor(policy: IssuancePolicy, requested: string | undefine
 
 export const deviceUri = (policy: IssuancePolicy, deviceId: string): string => `spiffe://${policy.trustDomain}/device/${deviceId}`;
 
-/** Where relying parties find revocation status and the issuer; written into every device certificate. */
-export const pkiUrls = (publicUrl: string) => ({
-  crl: `${publicUrl}/pki/crl`,
+/**
+ * Where relying parties find revocation status and the issuer; written into every device certificate.
+ * The issuer's key id keeps them right after a CA rotation.
+ */
+export const pkiUrls = (publicUrl: string, issuerKeyId: string) => ({
+  crl: `${publicUrl}/pki/crl/${issuerKeyId}`,
   ocsp: `${publicUrl}/ocsp`,
-  issuer: `${publicUrl}/pki/issuing.crt`,
+  issuer: `${publicUrl}/pki/issuers/${issuerKeyId}.crt`,
 });
 
 /** Signs a device certificate from the policy's profile and returns what the registry records of it. */
@@ -127,9 +127,10 @@ export async function issueDeviceCertificate(
   request: { publicKey: x509.PublicKey; deviceId: string; lifetimeMs: number; now: Date },
 ): Promise<{ certificate: x509.X509Certificate; record: CertificateRecord }> {
   const { publicKey, deviceId, now } = request;
-  const notAfter = Math.min(now.getTime() + request.lifetimeMs, ca.issuing.notAfter.getTime());
-  const urls = pkiUrls(policy.publicUrl);
-  const certificate = await ca.sign({
+  const issuer = ca.current;
+  const notAfter = Math.min(now.getTime() + request.lifetimeMs, issuer.certificate.notAfter.getTime());
+  const urls = pkiUrls(policy.publicUrl, issuer.keyId);
+  const certificate = await issuer.sign({
     subject: new x509.Name([{ CN: [deviceId] }]).toString(),
     publicKey,
     notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
@@ -140,7 +141,7 @@ export async function issueDeviceCertificate(
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
       new x509.SubjectAlternativeNameExtension([{ type: 'url', value: deviceUri(policy, deviceId) }]),
       await x509.SubjectKeyIdentifierExtension.create(publicKey),
-      await x509.AuthorityKeyIdentifierExtension.create(ca.issuing.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(issuer.certificate.publicKey),
       new x509.CRLDistributionPointsExtension([urls.crl]),
       new x509.AuthorityInfoAccessExtension({ ocsp: [new x509.GeneralName('url', urls.ocsp)], caIssuers: [new x509.GeneralName('url', urls.issuer)] }),
     ],

@@ -2,11 +2,14 @@ import https from 'node:https';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
+import { secureContextOptions } from '../core/pki/tls.js';
 import { createProvisioningApp } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
 
 export interface RunningApi {
   port: number;
+  /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
+  reloadTrust(): void;
   close(): Promise<void>;
 }
 
@@ -24,20 +27,14 @@ export async function startProvisioningApi(
     port: options.port,
     hostname: options.host,
     createServer: https.createServer,
-    serverOptions: {
-      key: deps.ca.server.keyPem,
-      cert: deps.ca.server.certificatePem,
-      ca: deps.ca.chainPem,
-      requestCert: true,
-      rejectUnauthorized: false,
-      minVersion: 'TLSv1.2',
-    },
+    serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false },
   }) as https.Server;
   if (!server.listening) await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
   deps.log.info({ port }, 'provisioning API listening (HTTPS)');
   return {
     port,
+    reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -81,7 +81,7 @@ describe('CA keys encrypted at rest', () => {
     assert.equal(fingerprintOf(second.issuing), fingerprintOf(first.issuing));
     assert.deepEqual(await keyFiles(dir), filesBefore, 'an encrypted key is not rewritten on start');
     const now = new Date();
-    const crl = await second.signCrl([], 1, now, new Date(now.getTime() + 3_600_000));
+    const crl = await second.current.signCrl([], 1, now, new Date(now.getTime() + 3_600_000));
     assert.ok(await crl.verify({ publicKey: first.issuing.publicKey }), 'the decrypted issuing key signs for the same issuing CA');
   });
 

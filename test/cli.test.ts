@@ -6,6 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { projectRoot } from '../core/paths.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { x509 } from '../core/pki/x509.js';
+import { httpsRequest } from './support/http.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { openssl, run } from './support/openssl.js';
 
@@ -55,7 +58,7 @@ after(async () => {
 
 describe('fleet CLI beside a running `fleet start` on the embedded database', () => {
   test('every command has --help', async () => {
-    const commands = [[], ['start'], ['token'], ['token', 'create'], ['device'], ['device', 'add'], ['device', 'import'], ['device', 'reenroll'], ['revoke'], ['suspend'], ['resume']];
+    const commands = [[], ['start'], ['token'], ['token', 'create'], ['device'], ['device', 'add'], ['device', 'import'], ['device', 'reenroll'], ['revoke'], ['suspend'], ['resume'], ['ca'], ['ca', 'rotate']];
     for (const args of commands) {
       const res = await fleet(...args, '--help');
       assert.equal(res.code, 0, `fleet ${args.join(' ')} --help: ${res.stderr}`);
@@ -130,6 +133,24 @@ describe('fleet CLI beside a running `fleet start` on the embedded database', ()
     const gone = await fleet('device', 'reenroll', 'cli-batch-2');
     assert.equal(gone.code, 1);
     assert.match(gone.stderr, /revoked for good/);
+  });
+
+  test('ca rotate switches the running server to a new issuing CA', async () => {
+    const root = await readFile(path.join(dataDir, 'pki', 'root.crt'), 'utf8');
+    const issuingSubject = async () => {
+      const res = await httpsRequest(`https://localhost:${apiPort}/pki/issuing.crt`, { ca: root });
+      return new x509.X509Certificate(new Uint8Array(res.body)).subject;
+    };
+    assert.match(await issuingSubject(), /Issuing CA 1/);
+    const rotated = await fleet('ca', 'rotate');
+    assert.equal(rotated.code, 0, rotated.stderr);
+    assert.match(rotated.stderr, /Issuing CA 2 .* now signs new certificates/);
+    let subject = '';
+    for (let i = 0; i < 100 && !/Issuing CA 2/.test(subject); i++) {
+      subject = await issuingSubject();
+      if (!/Issuing CA 2/.test(subject)) await sleep(50);
+    }
+    assert.match(subject, /Issuing CA 2/, 'the running server took up the new issuing CA');
   });
 
   test('mistakes get one clear line and a non-zero exit', async () => {

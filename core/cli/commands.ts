@@ -4,9 +4,11 @@ import { type Command, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../config.js';
 import { type Database, openDatabase } from '../db/database.js';
 import { FleetError } from '../errors.js';
-import { startFleet, rootCertificatePath } from '../fleet.js';
+import { caKeyStore, startFleet, rootCertificatePath } from '../fleet.js';
+import { rotateIssuingCa } from '../pki/authority.js';
 import { createLogger, stderrDestination } from '../log.js';
 import {
+  announceCaChange,
   createOperatorToken,
   OPERATOR_ROLES,
   type OperatorRole,
@@ -157,6 +159,20 @@ export function registerCommands(program: Command): void {
           ? `Revoked ${id} and ${serials.length} certificate(s): ${serials.join(', ')}`
           : `${id} is revoked (it had no active certificate left to revoke).`,
       );
+    });
+
+  const ca = program.command('ca').description('the private CA');
+  ca.command('rotate')
+    .description('add a new issuing CA, signed by the root; new certificates come from it, older ones stay trusted, and a running server switches over at once')
+    .action(async () => {
+      const issuer = await withRegistry(async (db, config) => {
+        const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+        const made = await rotateIssuingCa({ dataDir: config.dataDir, log, keyStore: caKeyStore(config, log) });
+        await announceCaChange(db.pool);
+        return made;
+      });
+      explain(`Issuing CA ${issuer.generation} (${issuer.certificate.subject}, key id ${issuer.keyId}) now signs new certificates.`);
+      explain('Earlier issuing CAs stay trusted until their certificates have expired.');
     });
 
   program

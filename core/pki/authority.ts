@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
@@ -30,7 +30,7 @@ export const CLOCK_SKEW_MS = 5 * 60_000;
 
 export interface CertificateRequestToSign {
   subject: string;
-  publicKey: x509.PublicKey;
+  publicKey: x509.PublicKeyType;
   notBefore: Date;
   notAfter: Date;
   extensions: x509.Extension[];
@@ -48,23 +48,45 @@ export interface RevokedEntry {
   reason: number;
 }
 
+/** One issuing CA: signs device and server certificates, its CRL and OCSP answers for what it issued. */
+export interface IssuingCa {
+  /** 1 for the first issuing CA; each rotation adds one. */
+  generation: number;
+  certificate: x509.X509Certificate;
+  /** Its subject key identifier, hex: names it in URLs (CRL, issuer download) and matches AKIs. */
+  keyId: string;
+  sign(request: CertificateRequestToSign): Promise<x509.X509Certificate>;
+  signCrl(entries: RevokedEntry[], crlNumber: number, thisUpdate: Date, nextUpdate: Date): Promise<x509.X509Crl>;
+  /** Signs with this CA's key, for structures it vouches for directly (OCSP responses, RFC 6960 4.2.2.2). */
+  signData(data: ArrayBuffer): Promise<DetachedSignature>;
+}
+
 /**
- * The private CA: a root that signs only the issuing CA, and an issuing CA that signs device and
- * server certificates and the CRL. What goes into a device certificate is decided by the issuance
- * policy (provisioning/policy.ts); this only signs.
+ * The private CA: a root that signs only issuing CAs, and issuing CAs that sign device and server
+ * certificates. The newest issuing CA signs new certificates; older ones stay trusted, so rotation
+ * never strands a device. What goes into a device certificate is decided by the issuance policy
+ * (provisioning/policy.ts); this only signs.
  */
 export interface CertificateAuthority {
   root: x509.X509Certificate;
-  issuing: x509.X509Certificate;
-  /** Issuing CA then root, PEM: what a relying party needs beside the leaf. */
-  chainPem: string;
   rootPem: string;
-  /** The broker's and API's TLS identity: leaf then issuing CA, and its key. */
+  /** Every trusted issuing CA, newest first. */
+  issuers: IssuingCa[];
+  /** The newest issuing CA, which signs new certificates. */
+  current: IssuingCa;
+  /** The newest issuing CA's certificate. */
+  issuing: x509.X509Certificate;
+  /** The newest issuing CA then the root, PEM: what a relying party needs beside a new leaf. */
+  chainPem: string;
+  /** Every trusted issuing CA and the root, PEM: what a TLS server verifies client certificates with. */
+  trustPem: string;
+  /** The broker's and API's TLS identity: leaf then its issuing CA, and its key. */
   server: { certificatePem: string; keyPem: string };
   sign(request: CertificateRequestToSign): Promise<x509.X509Certificate>;
-  signCrl(entries: RevokedEntry[], crlNumber: number, thisUpdate: Date, nextUpdate: Date): Promise<x509.X509Crl>;
-  /** Signs with the issuing CA key, for structures it vouches for directly (OCSP responses, RFC 6960 4.2.2.2). */
   signData(data: ArrayBuffer): Promise<DetachedSignature>;
+  issuerByKeyId(keyId: string): IssuingCa | undefined;
+  /** Reads the issuing CAs again (after a rotation by another process); the object changes in place. */
+  reload(): Promise<void>;
 }
 
 export interface AuthorityOptions {
@@ -82,36 +104,106 @@ interface KeyedCertificate {
   keyPem: string;
 }
 
-/** Loads the CA from `<dataDir>/pki`, creating the root, issuing CA and server certificate on first start. */
-export async function loadAuthority(options: AuthorityOptions): Promise<CertificateAuthority> {
-  const now = options.now ?? (() => new Date());
-  const dir = path.join(options.dataDir, 'pki');
+const pkiDirOf = (dataDir: string) => path.join(dataDir, 'pki');
+
+async function openPkiDir(options: AuthorityOptions) {
+  const dir = pkiDirOf(options.dataDir);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
-  const files = pkiFiles(dir, options.keyStore ?? fileKeyStore(dir, { log: options.log }));
+  const keys = options.keyStore ?? fileKeyStore(dir, { log: options.log });
+  return { dir, keys, now: options.now ?? (() => new Date()) };
+}
 
-  const root =
-    (await readKeyed(files.root, ROOT_CURVE)) ??
-    (await createAndStore(files.root, options.log, 'root CA', () => createRoot(now())));
-  const issuing =
-    (await readKeyed(files.issuing, ISSUING_CURVE)) ??
-    (await createAndStore(files.issuing, options.log, 'issuing CA', () => createIssuing(root, now())));
+async function loadOrCreateRoot(dir: string, keys: KeyStore, log: Logger, now: () => Date): Promise<KeyedCertificate> {
+  const files = pairOf(dir, 'root', keys);
+  return (await readKeyed(files, ROOT_CURVE)) ?? (await createAndStore(files, log, 'root CA', () => createRoot(now())));
+}
+
+/** Loads the CA from `<dataDir>/pki`, creating the root, first issuing CA and server certificate on first start. */
+export async function loadAuthority(options: AuthorityOptions): Promise<CertificateAuthority> {
+  const { dir, keys, now } = await openPkiDir(options);
+  const root = await loadOrCreateRoot(dir, keys, options.log, now);
+  if ((await issuerGenerations(dir)).length === 0) {
+    await createAndStore(pairOf(dir, issuerFileName(1), keys), options.log, 'issuing CA', () => createIssuing(root, 1, now()));
+  }
+  const authority = { root: root.certificate, rootPem: pemChain(root.certificate) } as CertificateAuthority;
+  const refresh = async () => {
+    const issuers = await loadIssuers(dir, keys);
+    Object.assign(authority, {
+      issuers,
+      current: issuers[0]!,
+      issuing: issuers[0]!.certificate,
+      chainPem: pemChain(issuers[0]!.certificate, root.certificate),
+      trustPem: pemChain(...issuers.map((i) => i.certificate), root.certificate),
+    });
+  };
+  await refresh();
 
   const sanNames = serverNames(options.hostnames);
-  let server = await readKeyed(files.server, ISSUING_CURVE);
+  const serverFiles = pairOf(dir, 'server', keys);
+  let server = await readKeyed(serverFiles, ISSUING_CURVE);
   if (!server || needsNewServerCertificate(server.certificate, sanNames, now())) {
-    server = await createAndStore(files.server, options.log, 'server certificate', () =>
-      createServer(issuing, sanNames, now()),
-    );
+    const signer = authority.current;
+    server = await createAndStore(serverFiles, options.log, 'server certificate', () => createServer(signer, sanNames, now()));
   }
+  const serverIssuer = authority.issuers.find((i) => i.keyId === authorityKeyIdOf(server!.certificate)) ?? authority.current;
+  Object.assign(authority, {
+    server: { certificatePem: pemChain(server.certificate, serverIssuer.certificate), keyPem: server.keyPem },
+    sign: (request: CertificateRequestToSign) => authority.current.sign(request),
+    signData: (data: ArrayBuffer) => authority.current.signData(data),
+    issuerByKeyId: (keyId: string) => authority.issuers.find((i) => i.keyId === keyId.toLowerCase()),
+    reload: refresh,
+  });
+  return authority;
+}
 
+/**
+ * Adds the next issuing CA, signed by the root. Running processes pick it up when told (see
+ * announceCaChange); until then they keep signing with the one before, which stays trusted.
+ */
+export async function rotateIssuingCa(options: Omit<AuthorityOptions, 'hostnames'>): Promise<IssuingCa> {
+  const { dir, keys, now } = await openPkiDir({ ...options, hostnames: [] });
+  const root = await loadOrCreateRoot(dir, keys, options.log, now);
+  const generation = Math.max(0, ...(await issuerGenerations(dir))) + 1;
+  const made = await createAndStore(pairOf(dir, issuerFileName(generation), keys), options.log, 'issuing CA', () =>
+    createIssuing(root, generation, now()),
+  );
+  return issuingCa(generation, made);
+}
+
+const issuerFileName = (generation: number) => (generation === 1 ? 'issuing' : `issuing-${generation}`);
+
+async function issuerGenerations(dir: string): Promise<number[]> {
+  const names = await readdir(dir);
+  return names.flatMap((name) => {
+    const match = /^issuing(?:-(\d+))?\.crt$/.exec(name);
+    return match ? [match[1] ? Number(match[1]) : 1] : [];
+  });
+}
+
+async function loadIssuers(dir: string, keys: KeyStore): Promise<IssuingCa[]> {
+  const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
+  const issuers: IssuingCa[] = [];
+  for (const generation of generations) {
+    const keyed = await readKeyed(pairOf(dir, issuerFileName(generation), keys), ISSUING_CURVE);
+    if (keyed) issuers.push(issuingCa(generation, keyed));
+  }
+  if (issuers.length === 0) throw new Error(`no issuing CA with its key in ${dir}`);
+  return issuers;
+}
+
+const keyIdOf = (certificate: x509.X509Certificate): string =>
+  certificate.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId.toLowerCase() ?? '';
+
+export const authorityKeyIdOf = (certificate: x509.X509Certificate): string =>
+  certificate.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId?.toLowerCase() ?? '';
+
+function issuingCa(generation: number, issuing: KeyedCertificate): IssuingCa {
   const signingAlgorithm = ecSigningAlgorithm(ISSUING_CURVE);
   return {
-    root: root.certificate,
-    issuing: issuing.certificate,
-    chainPem: pemChain(issuing.certificate, root.certificate),
-    rootPem: pemChain(root.certificate),
-    server: { certificatePem: pemChain(server.certificate, issuing.certificate), keyPem: server.keyPem },
+    generation,
+    certificate: issuing.certificate,
+    keyId: keyIdOf(issuing.certificate),
     sign: (request) =>
       x509.X509CertificateGenerator.create({
         serialNumber: randomSerial(),
@@ -144,9 +236,8 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
   };
 }
 
-function pkiFiles(dir: string, keys: KeyStore) {
-  const pair = (name: string) => ({ cert: path.join(dir, `${name}.crt`), key: name, keys });
-  return { root: pair('root'), issuing: pair('issuing'), server: pair('server') };
+function pairOf(dir: string, name: string, keys: KeyStore): FilePair {
+  return { cert: path.join(dir, `${name}.crt`), key: name, keys };
 }
 
 /** A certificate file and the name its private key has in the key store. */
@@ -199,11 +290,11 @@ async function createRoot(now: Date): Promise<KeyedCertificate> {
   return keyed(certificate, keys);
 }
 
-async function createIssuing(root: KeyedCertificate, now: Date): Promise<KeyedCertificate> {
+async function createIssuing(root: KeyedCertificate, generation: number, now: Date): Promise<KeyedCertificate> {
   const keys = await generateEcKeys(ISSUING_CURVE);
   const certificate = await x509.X509CertificateGenerator.create({
     serialNumber: randomSerial(),
-    subject: 'CN=fleet-auth Issuing CA 1, O=fleet-auth',
+    subject: `CN=fleet-auth Issuing CA ${generation}, O=fleet-auth`,
     issuer: root.certificate.subject,
     notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
     notAfter: new Date(now.getTime() + 10 * 365 * DAY),
@@ -237,17 +328,13 @@ function needsNewServerCertificate(certificate: x509.X509Certificate, names: str
   return namesIn(certificate).join(',') !== names.join(',');
 }
 
-async function createServer(issuing: KeyedCertificate, names: string[], now: Date): Promise<KeyedCertificate> {
+async function createServer(issuing: IssuingCa, names: string[], now: Date): Promise<KeyedCertificate> {
   const keys = await generateEcKeys(ISSUING_CURVE);
-  const certificate = await x509.X509CertificateGenerator.create({
-    serialNumber: randomSerial(),
+  const certificate = await issuing.sign({
     subject: 'CN=fleet-auth server, O=fleet-auth',
-    issuer: issuing.certificate.subject,
     notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
     notAfter: new Date(now.getTime() + 365 * DAY),
     publicKey: keys.publicKey,
-    signingKey: issuing.key,
-    signingAlgorithm: ecSigningAlgorithm(ISSUING_CURVE),
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),

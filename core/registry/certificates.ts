@@ -48,7 +48,7 @@ const SELECT_CERTIFICATE = `
 /** Held (suspended) certificates are listed too, with their certificateHold reason. */
 const SELECT_REVOKED = `
   SELECT serial, revoked_at, revocation_reason FROM certificates
-  WHERE status IN ('revoked', 'suspended') ORDER BY revoked_at, serial`;
+  WHERE status IN ('revoked', 'suspended') AND issuer = $1 ORDER BY revoked_at, serial`;
 
 const SELECT_LATEST_CHANGE = `SELECT coalesce(max(seq), 0) AS seq FROM registry_changes`;
 
@@ -150,12 +150,12 @@ export interface RevocationList {
 }
 
 /**
- * The change number is read before the entries: a revocation landing in between only adds an entry
+ * What `issuer` (an issuing CA's subject) has revoked or holds. The change number is read before the entries: a revocation landing in between only adds an entry
  * early, and the next CRL is signed for the newer change anyway.
  */
-export async function revocationList(q: Queryable): Promise<RevocationList> {
+export async function revocationList(q: Queryable, issuer: string): Promise<RevocationList> {
   const { rows } = await q.query(SELECT_LATEST_CHANGE);
-  const revoked = await q.query(SELECT_REVOKED);
+  const revoked = await q.query(SELECT_REVOKED, [issuer]);
   return {
     changeSeq: Number(rows[0]?.seq ?? 0),
     entries: revoked.rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.revocation_reason })),

@@ -34,3 +34,10 @@ export function parseChange(payload: string | undefined): RegistryChange | undef
     return undefined;
   }
 }
+
+/** Told when the CA's set of issuing CAs changes (a rotation), so every process reloads it. */
+export const CA_CHANNEL = 'fleet_ca_changes';
+
+export async function announceCaChange(q: Queryable): Promise<void> {
+  await q.query('SELECT pg_notify($1, $2)', [CA_CHANNEL, 'issuers']);
+}

@@ -34,7 +34,7 @@ async function pkcs10Body(req: HonoRequest): Promise<string> {
 export function estRoutes(deps: ProvisioningDeps) {
   const app = new Hono();
   app.get('/.well-known/est/cacerts', (c) =>
-    c.body(certsOnly([deps.ca.issuing, deps.ca.root]), 200, { 'content-type': CERTS_ONLY }),
+    c.body(certsOnly([...deps.ca.issuers.map((i) => i.certificate), deps.ca.root]), 200, { 'content-type': CERTS_ONLY }),
   );
   app.post('/.well-known/est/simpleenroll', async (c) => {
     const credentials = basicCredentials(c.req.header('authorization'));
