@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
@@ -19,12 +18,7 @@ before(async () => {
 });
 after(() => t?.close());
 
-let files = 0;
-async function file(name: string, content: string | Buffer): Promise<string> {
-  const p = path.join(t.dataDir, `${++files}-${name}`);
-  await writeFile(p, content);
-  return p;
-}
+const file = (name: string, content: string | Buffer) => t.file(name, content);
 
 const tlsOf = (d: EnrolledDevice) => ({ ca: t.rootPem, cert: d.certificatePem, key: d.identity.keyPem });
 const keyIdOf = (pem: string) => new x509.X509Certificate(pem).getExtension(x509.AuthorityKeyIdentifierExtension)!.keyId!.toLowerCase();
@@ -48,7 +42,7 @@ async function crlFor(keyId: string): Promise<string> {
 async function ocspStatus(device: EnrolledDevice, issuerPem: string): Promise<string> {
   const cert = await file('device.pem', device.certificatePem);
   const issuer = await file('issuer.pem', issuerPem);
-  const reqFile = path.join(t.dataDir, `${++files}-req.der`);
+  const reqFile = await t.file('req.der', '');
   assert.equal((await openssl(['ocsp', '-issuer', issuer, '-cert', cert, '-reqout', reqFile, '-no_nonce'])).code, 0);
   const res = await t.api('POST', '/ocsp', { body: await readFile(reqFile), headers: { 'content-type': 'application/ocsp-request' } });
   const trust = await file('trust.pem', t.fleet.ca.trustPem);

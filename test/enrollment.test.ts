@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { registerDevice } from '../core/registry/index.js';
@@ -23,18 +21,14 @@ function assertProblem(res: { status: number; headers: Record<string, unknown>; 
   assert.ok(res.json.detail.length > 10, 'the detail says what went wrong');
 }
 
-async function pemFile(name: string, pem: string): Promise<string> {
-  const file = path.join(t.dataDir, name);
-  await writeFile(file, pem);
-  return file;
-}
+const file = (name: string, content: string | Buffer) => t.file(name, content);
 
 describe('enrollment', () => {
   test('issues a client certificate that openssl verifies against the root and issuing CA', async () => {
     const device = await t.enroll('sensor-verify');
-    const leaf = await pemFile('leaf.pem', device.certificatePem);
-    const root = await pemFile('root.pem', t.rootPem);
-    const issuing = await pemFile('issuing.pem', t.fleet.ca.issuing.toString('pem'));
+    const leaf = await file('leaf.pem', device.certificatePem);
+    const root = await file('root.pem', t.rootPem);
+    const issuing = await file('issuing.pem', t.fleet.ca.issuing.toString('pem'));
     const verified = await openssl(['verify', '-CAfile', root, '-untrusted', issuing, '-purpose', 'sslclient', leaf]);
     assert.equal(verified.code, 0, verified.stderr);
     assert.match(verified.stdout, /: OK/);
@@ -98,11 +92,11 @@ describe('enrollment', () => {
 
     // RSA and Ed25519 keys made by openssl, subject right: refused for the key.
     const rsaKey = await openssl(['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048']);
-    const rsaFile = await pemFile('rsa.key', rsaKey.stdout);
+    const rsaFile = await file('rsa.key', rsaKey.stdout);
     const rsaCsr = await openssl(['req', '-new', '-key', rsaFile, '-subj', '/CN=sensor-bad']);
     assertProblem(await enroll(rsaCsr.stdout), 400, 'key_not_allowed');
     const edKey = await openssl(['genpkey', '-algorithm', 'ED25519']);
-    const edFile = await pemFile('ed.key', edKey.stdout);
+    const edFile = await file('ed.key', edKey.stdout);
     const edCsr = await openssl(['req', '-new', '-key', edFile, '-subj', '/CN=sensor-bad']);
     assertProblem(await enroll(edCsr.stdout), 400, 'key_not_allowed');
 
@@ -168,7 +162,7 @@ describe('EST (RFC 7030)', () => {
   test('simpleenroll takes an openssl CSR with HTTP Basic device id and token', async () => {
     const token = await t.register('sensor-est');
     const key = await openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256']);
-    const keyFile = await pemFile('est.key', key.stdout);
+    const keyFile = await file('est.key', key.stdout);
     const csr = await openssl(['req', '-new', '-key', keyFile, '-subj', '/CN=sensor-est']);
     // A PEM body is base64 DER, which is what EST sends.
     const body = csr.stdout.replace(/-----[A-Z ]+-----/g, '').trim();

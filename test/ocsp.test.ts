@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
@@ -20,18 +20,13 @@ before(async () => {
 });
 after(() => t?.close());
 
-let files = 0;
-async function file(name: string, content: string | Buffer): Promise<string> {
-  const p = path.join(t.dataDir, `${++files}-${name}`);
-  await writeFile(p, content);
-  return p;
-}
+const file = (name: string, content: string | Buffer) => t.file(name, content);
 
 const certFile = async (deviceId: string) => file(`${deviceId}.pem`, (await t.enroll(deviceId)).certificatePem);
 
 /** openssl builds the request, as a relying party would: `args` name the certificates (-cert, -serial). */
 async function ocspRequest(args: string[], options: { nonce?: boolean; digest?: string } = {}): Promise<Buffer> {
-  const out = path.join(t.dataDir, `${++files}-req.der`);
+  const out = await t.file('req.der', '');
   const made = await openssl([
     'ocsp',
     ...(options.digest ? [`-${options.digest}`] : []),

@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { x509 } from '../core/pki/x509.js';
@@ -29,11 +27,7 @@ async function withClock<T>(ms: number, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-async function file(name: string, content: string | Buffer): Promise<string> {
-  const p = path.join(t.dataDir, name);
-  await writeFile(p, content);
-  return p;
-}
+const file = (name: string, content: string | Buffer) => t.file(name, content);
 
 async function crlText(): Promise<string> {
   const crl = await t.api('GET', '/pki/crl');

@@ -2,7 +2,15 @@ import type pg from 'pg';
 import { inTransaction, type Queryable } from '../db/transaction.js';
 import { FleetError } from '../errors.js';
 import { type Actor, recordAudit } from './audit.js';
-import { type CertificateStatus, type DeviceStatus, REVOCATION_REASONS, type RevocationReason } from './devices.js';
+import {
+  CERTIFICATE_SUMMARY_COLUMNS,
+  type CertificateStatus,
+  type CertificateSummary,
+  type DeviceStatus,
+  REVOCATION_REASONS,
+  type RevocationReason,
+  toCertificateSummary,
+} from './devices.js';
 
 /** What the registry keeps of an issued certificate. */
 export interface CertificateRecord {
@@ -42,8 +50,7 @@ const SELECT_IDENTITY_BY_FINGERPRINT = `
 export const SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE = `${SELECT_IDENTITY_BY_FINGERPRINT} FOR UPDATE OF c, d`;
 
 const SELECT_CERTIFICATE = `
-  SELECT serial, device_id, issuer, status, not_before, not_after, revoked_at, revocation_reason, superseded_at, accept_until, pem
-  FROM certificates WHERE serial = $1`;
+  SELECT ${CERTIFICATE_SUMMARY_COLUMNS}, device_id, issuer, pem FROM certificates WHERE serial = $1`;
 
 /** Held (suspended) certificates are listed too, with their certificateHold reason. */
 const SELECT_REVOKED = `
@@ -80,18 +87,10 @@ export async function findIdentityByFingerprint(q: Queryable, fingerprint: strin
   return rows[0] ? toIdentity(rows[0]) : undefined;
 }
 
-export interface CertificateDetails {
-  serial: string;
+export interface CertificateDetails extends CertificateSummary {
   deviceId: string;
   /** The issuing CA's subject: which CA signed it, for revocation checkers. */
   issuer: string;
-  status: CertificateStatus;
-  notBefore: Date;
-  notAfter: Date;
-  revokedAt: Date | null;
-  revocationReason: number | null;
-  supersededAt: Date | null;
-  acceptUntil: Date | null;
   pem: string;
 }
 
@@ -99,19 +98,7 @@ export async function getCertificate(q: Queryable, serial: string): Promise<Cert
   const { rows } = await q.query(SELECT_CERTIFICATE, [serial.toLowerCase()]);
   const r = rows[0];
   if (!r) return undefined;
-  return {
-    serial: r.serial,
-    deviceId: r.device_id,
-    issuer: r.issuer,
-    status: r.status,
-    notBefore: r.not_before,
-    notAfter: r.not_after,
-    revokedAt: r.revoked_at,
-    revocationReason: r.revocation_reason,
-    supersededAt: r.superseded_at,
-    acceptUntil: r.accept_until,
-    pem: r.pem,
-  };
+  return { ...toCertificateSummary(r), deviceId: r.device_id, issuer: r.issuer, pem: r.pem };
 }
 
 /**

@@ -75,9 +75,11 @@ const SELECT_DEVICES_FOR_UPDATE = `SELECT ${DEVICE_COLUMNS} FROM devices WHERE i
 const SELECT_BATCH_DEVICE_IDS = `SELECT id FROM devices WHERE batch = $1 ORDER BY id`;
 const SELECT_BATCH = `SELECT name FROM batches WHERE name = $1`;
 
+export const CERTIFICATE_SUMMARY_COLUMNS =
+  'serial, fingerprint, status, not_before, not_after, revoked_at, revocation_reason, superseded_at, accept_until';
+
 const SELECT_CERTIFICATES_OF_DEVICE = `
-  SELECT serial, fingerprint, status, not_before, not_after, revoked_at, revocation_reason, superseded_at, accept_until
-  FROM certificates WHERE device_id = $1 ORDER BY not_before, serial`;
+  SELECT ${CERTIFICATE_SUMMARY_COLUMNS} FROM certificates WHERE device_id = $1 ORDER BY not_before, serial`;
 
 /** Revocation ends suspension too: a held certificate of a revoked device is revoked for good. */
 const REVOKE_CERTIFICATES_OF_DEVICES = `
@@ -115,7 +117,7 @@ export const toDevice = (r: Record<string, any>): Device => ({
   lastSeenAt: r.last_seen_at,
 });
 
-const toCertificateSummary = (r: Record<string, any>): CertificateSummary => ({
+export const toCertificateSummary = (r: Record<string, any>): CertificateSummary => ({
   serial: r.serial,
   fingerprint: r.fingerprint,
   status: r.status,

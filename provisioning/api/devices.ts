@@ -92,7 +92,7 @@ const showCertificate = createRoute({
   security,
   request: { params: z.object({ serial: z.string().regex(/^[0-9a-fA-F]{1,64}$/) }) },
   responses: {
-    200: { description: 'the certificate', ...json(Certificate.omit({ fingerprint: true }).extend({ deviceId: z.string(), pem: z.string() })) },
+    200: { description: 'the certificate', ...json(Certificate.extend({ deviceId: z.string(), issuer: z.string(), pem: z.string() })) },
     ...problemResponses(401, 403, 404),
   },
 });
@@ -104,7 +104,7 @@ const revokeOne = createRoute({
   security,
   request: { params: z.object({ serial: z.string().regex(/^[0-9a-fA-F]{1,64}$/) }), body: ReasonBody },
   responses: {
-    200: { description: 'revoked (or already revoked)', ...json(Certificate.omit({ fingerprint: true }).extend({ deviceId: z.string(), pem: z.string() })) },
+    200: { description: 'revoked (or already revoked)', ...json(Certificate.extend({ deviceId: z.string(), issuer: z.string(), pem: z.string() })) },
     ...problemResponses(400, 401, 403, 404),
   },
 });

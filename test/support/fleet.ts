@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -66,6 +66,8 @@ export interface TestFleet {
     options?: { token?: string; json?: unknown; body?: string | Buffer; headers?: Record<string, string>; tls?: { cert: string; key: string } },
   ): Promise<HttpResult>;
   register(deviceId: string): Promise<string>;
+  /** Writes a file under the test's data directory (for openssl and curl) and returns its path. */
+  file(name: string, content: string | Buffer): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
   close(): Promise<void>;
 }
@@ -113,9 +115,17 @@ export async function startTestFleet(
     return { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial };
   };
 
+  let files = 0;
+  const file = async (name: string, content: string | Buffer) => {
+    const p = path.join(dataDir, `${++files}-${name}`);
+    await writeFile(p, content);
+    return p;
+  };
+
   return {
     fleet,
     config,
+    file,
     dataDir,
     adminToken: admin.token,
     rootPem,
