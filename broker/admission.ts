@@ -3,6 +3,7 @@ import type { CertificateIdentity } from '../core/registry/index.js';
 /** Why a connection was refused: a stable label for logs and counters. */
 export type Refusal =
   | 'no_certificate'
+  | 'unknown_ca'
   | 'tls_handshake_failed'
   | 'unknown_certificate'
   | 'revoked'

@@ -15,6 +15,10 @@ export interface ChangeFollower {
   readonly epoch: number;
   /** Resolves once LISTEN is in place for the first time. */
   readonly ready: Promise<void>;
+  /** True while LISTEN is in place and every change up to now has been delivered. */
+  readonly live: boolean;
+  /** When the feed was lost (ms since the epoch), while it is not live. */
+  readonly lostSince: number | undefined;
   /** Called for every registry change, in the order received. */
   onChange(listener: (change: RegistryChange) => void): void;
   /** Called when the issuing CAs changed, and after a reconnect (a rotation may have been missed). */
@@ -34,6 +38,8 @@ export function followRegistryChanges(options: { url: string; log: Logger }): Ch
   let epoch = 0;
   let client: pg.Client | undefined;
   let closed = false;
+  let live = false;
+  let lostSince: number | undefined = Date.now();
   let retryMs = 100;
   let retryTimer: NodeJS.Timeout | undefined;
 
@@ -55,6 +61,8 @@ export function followRegistryChanges(options: { url: string; log: Logger }): Ch
   const scheduleReconnect = (why: unknown) => {
     if (closed || retryTimer) return;
     epoch++;
+    if (live) lostSince = Date.now();
+    live = false;
     log.warn({ err: why, retryMs }, 'lost the registry change feed; reconnecting');
     const stale = client;
     client = undefined;
@@ -89,6 +97,8 @@ export function followRegistryChanges(options: { url: string; log: Logger }): Ch
       caChanged();
       log.info({ replayed: missed.length, lastSeq }, 'registry change feed restored');
     }
+    live = true;
+    lostSince = undefined;
     retryMs = 100;
   };
 
@@ -99,6 +109,12 @@ export function followRegistryChanges(options: { url: string; log: Logger }): Ch
       return epoch;
     },
     ready,
+    get live() {
+      return live;
+    },
+    get lostSince() {
+      return lostSince;
+    },
     onChange: (listener) => void changeListeners.push(listener),
     onCaChange: (listener) => void caListeners.push(listener),
     async close() {

@@ -4,20 +4,23 @@ import { Aedes, type Client } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
+import { secureContextOptions } from '../core/pki/tls.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
-import { type CertificateIdentity, findIdentityByFingerprint, type RegistryChange } from '../core/registry/index.js';
+import { findIdentityByFingerprint, type RegistryChange } from '../core/registry/index.js';
 import { decideAdmission, type Refusal } from './admission.js';
 import type { ChangeFollower } from './changes.js';
-import { secureContextOptions } from '../core/pki/tls.js';
-import { presenceWriter } from './presence.js';
-import { DeviceSessions } from './sessions.js';
-import { mayPublish, maySubscribe } from './topics.js';
+import { IdentityCache } from './identity-cache.js';
+import { identityResolver, RegistryUnavailable } from './identity.js';
+import { mayPublish, maySubscribe, rulesFor, type TopicPolicy, type TopicRules } from './policy.js';
+import { presenceTracker } from './presence.js';
+import { DeviceSessions, type Session } from './sessions.js';
 
 export interface BrokerDeps {
   pool: pg.Pool;
   /** Registry changes (revocations) as they commit. */
   changes: ChangeFollower;
   ca: CertificateAuthority;
+  policy: TopicPolicy;
   clock: () => Date;
   log: Logger;
 }
@@ -25,6 +28,10 @@ export interface BrokerDeps {
 export interface BrokerOptions {
   host?: string;
   port: number;
+  /** Identities kept in memory; the database is asked only on a miss. */
+  cacheSize?: number;
+  /** How long cached identities still admit new connections after the registry became unreachable. */
+  staleGraceMs?: number;
 }
 
 export interface RunningBroker {
@@ -37,15 +44,19 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
-/** How often a lookup is retried when registry changes keep arriving while it runs. */
-const MAX_LOOKUP_ATTEMPTS = 3;
+/** What the session is allowed, decided once at CONNECT from the policy. */
+interface Admitted {
+  session: Session;
+  rules: TopicRules;
+}
 
 export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Promise<RunningBroker> {
-  const { log, clock } = deps;
-  const sessions = new DeviceSessions();
-  const identities = new WeakMap<Client, CertificateIdentity>();
+  const { log, clock, changes } = deps;
+  const now = () => clock().getTime();
+  const admitted = new WeakMap<Client, Admitted>();
   const refusals = new Map<Refusal, number>();
-  const presence = presenceWriter(deps.pool, log, clock);
+  const cache = new IdentityCache(options.cacheSize ?? 100_000);
+  const resolve = identityResolver({ pool: deps.pool, changes, cache, staleGraceMs: options.staleGraceMs ?? 5 * 60_000, now });
 
   const refuse = (reason: Refusal, peer: string | undefined, details: Record<string, unknown> = {}) => {
     refusals.set(reason, (refusals.get(reason) ?? 0) + 1);
@@ -53,24 +64,31 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     return new Error(`connection refused: ${reason}`);
   };
 
-  const { changes } = deps;
-  changes.onChange((change) => {
-    const closed = closeAffected(sessions, change);
-    if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
-  });
+  const sessions = new DeviceSessions(now, (session, reason) =>
+    log.info({ deviceId: session.identity.deviceId, serial: session.identity.serial, reason }, 'session closed by the broker'),
+  );
 
-  /**
-   * Looks the certificate up; if a registry change arrived meanwhile, the answer may predate it, so
-   * look again. Sessions are registered in the same tick as the final check, so any change after it
-   * finds the session and closes it.
-   */
-  const lookUp = async (fingerprint: string): Promise<CertificateIdentity | undefined> => {
-    for (let attempt = 1; ; attempt++) {
-      const epoch = changes.epoch;
-      const identity = await findIdentityByFingerprint(deps.pool, fingerprint);
-      if (changes.epoch === epoch || attempt === MAX_LOOKUP_ATTEMPTS) return identity;
+  /** A superseded certificate keeps its session until the overlap ends: read the new deadline. */
+  const refreshSessions = async (deviceId: string, serial: string | null) => {
+    for (const session of sessions.of(deviceId)) {
+      if (serial && session.identity.serial !== serial) continue;
+      const identity = await findIdentityByFingerprint(deps.pool, session.fingerprint);
+      const decision = decideAdmission(identity, session.identity.deviceId, clock());
+      if (!identity || !decision.admitted) sessions.end(session, decision.admitted ? 'revoked' : closeReasonOf(decision.reason));
+      else sessions.rearm(session, identity);
     }
   };
+
+  changes.onChange((change) => {
+    cache.forgetDevice(change.deviceId);
+    const closed = closeAffected(sessions, change);
+    if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
+    if (change.kind === 'certificate_superseded') {
+      refreshSessions(change.deviceId, change.serial).catch((error) =>
+        log.error({ err: error, deviceId: change.deviceId }, 'could not re-read a superseded certificate; its session keeps its old deadline'),
+      );
+    }
+  });
 
   const aedes = await Aedes.createBroker({
     id: 'fleet-auth',
@@ -82,40 +100,45 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       const certificate = socket.getPeerCertificate();
       if (!certificate?.fingerprint256) return callback(refuse('no_certificate', peer), false);
       const fingerprint = normalizeFingerprint(certificate.fingerprint256);
-      lookUp(fingerprint).then(
+      resolve(fingerprint).then(
         (identity) => {
           const decision = decideAdmission(identity, packet.clientId, clock());
           if (!decision.admitted) {
             return callback(refuse(decision.reason, peer, { clientId: packet.clientId, deviceId: identity?.deviceId, fingerprint }), false);
           }
           if (socket.destroyed) return callback(new Error('connection closed during lookup'), false);
-          identities.set(client, identity!);
-          sessions.add(identity!.deviceId, identity!.serial, client);
-          presence.seen(identity!.deviceId);
+          // Registered in the same tick as the decision, so any later change finds the session.
+          const session = sessions.add(client, identity!, fingerprint);
+          admitted.set(client, { session, rules: rulesFor(deps.policy, identity!) });
+          presence.connected(identity!.deviceId, identity!.serial, peer ?? null);
+          socket.once('close', () => {
+            if (sessions.count(identity!.deviceId) === 0) presence.disconnected(identity!.deviceId, identity!.serial);
+          });
           callback(null, true);
         },
         (error) => {
-          log.error({ err: error }, 'registry lookup failed');
+          if (!(error instanceof RegistryUnavailable)) log.error({ err: error }, 'registry lookup failed');
           callback(refuse('registry_unavailable', peer, { fingerprint }), false);
         },
       );
     },
     authorizePublish(client, packet, callback) {
-      const identity = client ? identities.get(client) : undefined;
-      if (identity && mayPublish(identity.deviceId, packet.topic)) return callback(null);
-      log.warn({ deviceId: identity?.deviceId, topic: packet.topic }, 'publish denied');
+      const session = client ? admitted.get(client) : undefined;
+      if (session && mayPublish(session.rules, packet.topic)) return callback(null);
+      log.warn({ deviceId: session?.session.identity.deviceId, topic: packet.topic }, 'publish denied');
       callback(new Error(`publish to ${packet.topic} denied`));
     },
     authorizeSubscribe(client, subscription, callback) {
-      const identity = identities.get(client);
-      if (identity && maySubscribe(identity.deviceId, subscription.topic)) return callback(null, subscription);
-      log.warn({ deviceId: identity?.deviceId, topic: subscription.topic }, 'subscribe denied');
+      const session = admitted.get(client);
+      if (session && maySubscribe(session.rules, subscription.topic)) return callback(null, subscription);
+      log.warn({ deviceId: session?.session.identity.deviceId, topic: subscription.topic }, 'subscribe denied');
       // A null subscription is answered with SUBACK 0x80 and keeps the session open.
       callback(null, null);
     },
   });
   aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, err: error.message }, 'client error'));
-  aedes.on('connectionError', (client, error) => log.debug({ err: error.message }, 'connection error'));
+  aedes.on('connectionError', (_client, error) => log.debug({ err: error.message }, 'connection error'));
+  const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
 
   const open = new Set<tls.TLSSocket>();
   const server = tls.createServer(
@@ -134,10 +157,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     },
   );
   server.on('tlsClientError', (error: NodeJS.ErrnoException, socket) => {
-    const reason: Refusal = /did not return a certificate|peer did not return/i.test(error.message)
-      ? 'no_certificate'
-      : 'tls_handshake_failed';
-    refuse(reason, socket.remoteAddress, { tlsError: error.code ?? error.message });
+    refuse(tlsRefusal(error), socket.remoteAddress, { tlsError: error.code ?? error.message });
   });
 
   try {
@@ -157,6 +177,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     refusals,
     reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
     async close() {
+      // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       for (const socket of open) socket.destroy();
@@ -166,17 +187,37 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   };
 }
 
+/** OpenSSL's words for why a client certificate failed the handshake, as a counted reason. */
+function tlsRefusal(error: Error): Refusal {
+  const message = error.message.toLowerCase();
+  if (message.includes('did not return a certificate')) return 'no_certificate';
+  if (message.includes('expired')) return 'expired';
+  if (message.includes('not yet valid')) return 'not_yet_valid';
+  if (message.includes('unknown ca') || message.includes('unable to get') || message.includes('self signed') || message.includes('certificate verify failed')) {
+    return 'unknown_ca';
+  }
+  return 'tls_handshake_failed';
+}
+
+function closeReasonOf(reason: Refusal) {
+  if (reason === 'suspended') return 'suspended' as const;
+  if (reason === 'expired') return 'expired' as const;
+  if (reason === 'superseded') return 'superseded' as const;
+  return 'revoked' as const;
+}
+
 /**
- * What a registry change takes away at once. A superseded certificate keeps its sessions through the
- * renewal overlap, and a resumed device has nothing to close.
+ * What a registry change takes away at once. A superseded certificate keeps its session through the
+ * renewal overlap (its deadline is re-read), and a resumed device has nothing to close.
  */
 export function closeAffected(sessions: DeviceSessions, change: RegistryChange): number {
   switch (change.kind) {
     case 'device_revoked':
+      return sessions.close(change.deviceId, 'revoked');
     case 'device_suspended':
-      return sessions.close(change.deviceId);
+      return sessions.close(change.deviceId, 'suspended');
     case 'certificate_revoked':
-      return change.serial ? sessions.close(change.deviceId, change.serial) : 0;
+      return change.serial ? sessions.close(change.deviceId, 'revoked', change.serial) : 0;
     default:
       return 0;
   }

@@ -23,6 +23,10 @@ export interface FleetConfig {
   renewalOverlapMs: number;
   allowKeyReuse: boolean;
   enrollmentTokenTtlMs: number;
+  /** A JSON file of topic policy templates; unset uses the built-in default. */
+  brokerPolicyFile: string | undefined;
+  brokerCacheSize: number;
+  brokerStaleGraceMs: number;
   logLevel: string;
   /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
   caPassphrase: string | undefined;
@@ -68,6 +72,9 @@ const schema = z.object({
   FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
   // The length rule says nothing about the value, so the passphrase never appears in an error.
   FLEET_CA_PASSPHRASE: z.string().min(12, 'must be at least 12 characters').optional(),
+  FLEET_BROKER_POLICY: z.string().min(1).optional(),
+  FLEET_BROKER_CACHE_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
+  FLEET_BROKER_STALE_GRACE: duration('5m'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -101,6 +108,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     renewalOverlapMs: e.FLEET_RENEWAL_OVERLAP,
     allowKeyReuse: e.FLEET_ALLOW_KEY_REUSE === 'true',
     enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
+    brokerPolicyFile: e.FLEET_BROKER_POLICY,
+    brokerCacheSize: e.FLEET_BROKER_CACHE_SIZE,
+    brokerStaleGraceMs: e.FLEET_BROKER_STALE_GRACE,
     logLevel: e.LOG_LEVEL,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
   };

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { followRegistryChanges } from '../broker/changes.js';
+import { loadTopicPolicy } from '../broker/policy.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
@@ -38,8 +39,8 @@ export async function startFleet(
     started.push(changes);
     await changes.ready;
     const broker = await startBroker(
-      { pool: db.pool, changes, ca, clock, log },
-      { host: config.listenHost, port: config.brokerPort },
+      { pool: db.pool, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      { host: config.listenHost, port: config.brokerPort, cacheSize: config.brokerCacheSize, staleGraceMs: config.brokerStaleGraceMs },
     );
     started.push(broker);
     const api = await startProvisioningApi(

@@ -25,7 +25,8 @@ export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'da
     url = embedded.url;
     stopEmbedded = embedded.stop;
   }
-  const pool = new pg.Pool({ connectionString: url, max: 10, application_name: 'fleet-auth' });
+  // A database that stops answering must fail lookups quickly, so the broker can fall back or refuse.
+  const pool = new pg.Pool({ connectionString: url, max: 10, application_name: 'fleet-auth', connectionTimeoutMillis: 3000 });
   // An idle client losing its server must not crash the process; the next query reports it.
   pool.on('error', (error) => log.warn({ err: error }, 'idle database connection failed'));
   try {

@@ -7,6 +7,7 @@ import {
   type CertificateStatus,
   type CertificateSummary,
   type DeviceStatus,
+  type IdentityKind,
   REVOCATION_REASONS,
   type RevocationReason,
   toCertificateSummary,
@@ -27,6 +28,11 @@ export interface CertificateRecord {
 export interface CertificateIdentity {
   deviceId: string;
   deviceStatus: DeviceStatus;
+  /** A device, or a backend service whose role the broker's policy grants fleet-wide topics to. */
+  kind: IdentityKind;
+  role: string | null;
+  batch: string | null;
+  profile: string | null;
   serial: string;
   certificateStatus: CertificateStatus;
   publicKeySha256: string;
@@ -41,8 +47,8 @@ const INSERT_CERTIFICATE = `
   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`;
 
 const IDENTITY_COLUMNS = `
-  c.device_id, d.status AS device_status, c.serial, c.status AS certificate_status, c.public_key_sha256,
-  c.not_before, c.not_after, c.accept_until`;
+  c.device_id, d.status AS device_status, d.kind, d.role, d.batch, d.profile, c.serial, c.status AS certificate_status,
+  c.public_key_sha256, c.not_before, c.not_after, c.accept_until`;
 
 const SELECT_IDENTITY_BY_FINGERPRINT = `
   SELECT ${IDENTITY_COLUMNS} FROM certificates c JOIN devices d ON d.id = c.device_id WHERE c.fingerprint = $1`;
@@ -74,6 +80,10 @@ export async function insertCertificate(q: Queryable, deviceId: string, c: Certi
 export const toIdentity = (r: Record<string, any>): CertificateIdentity => ({
   deviceId: r.device_id,
   deviceStatus: r.device_status,
+  kind: r.kind,
+  role: r.role,
+  batch: r.batch,
+  profile: r.profile,
   serial: r.serial,
   certificateStatus: r.certificate_status,
   publicKeySha256: r.public_key_sha256,

@@ -13,17 +13,24 @@ export const BATCH_NAME_PATTERN = DEVICE_ID_PATTERN;
 export const MAX_BULK_DEVICES = 10_000;
 
 export type DeviceStatus = 'pending' | 'active' | 'suspended' | 'revoked';
+export type IdentityKind = 'device' | 'service';
+export const SERVICE_ROLE_PATTERN = /^[a-z][a-z0-9-]{0,63}$/;
 export type CertificateStatus = 'active' | 'superseded' | 'suspended' | 'revoked';
 
 export interface Device {
   id: string;
   status: DeviceStatus;
+  kind: IdentityKind;
+  role: string | null;
   batch: string | null;
   profile: string | null;
   metadata: Record<string, unknown>;
   createdAt: Date;
   updatedAt: Date;
   lastSeenAt: Date | null;
+  connected: boolean;
+  connectedSince: Date | null;
+  peerAddress: string | null;
 }
 
 export interface CertificateSummary {
@@ -42,6 +49,8 @@ export interface NewDevice {
   id: string;
   profile?: string;
   metadata?: Record<string, unknown>;
+  /** Set for a backend service identity, with the role the broker's policy knows it by. */
+  serviceRole?: string;
 }
 
 export interface RegisteredDevices {
@@ -50,15 +59,16 @@ export interface RegisteredDevices {
   enrollmentTokenExpiresAt: Date;
 }
 
-export const DEVICE_COLUMNS = 'id, status, batch, profile, metadata, created_at, updated_at, last_seen_at';
+export const DEVICE_COLUMNS =
+  'id, status, kind, role, batch, profile, metadata, created_at, updated_at, last_seen_at, connected, connected_since, peer_address';
 
 const INSERT_BATCH = `INSERT INTO batches (name, created_at, created_by) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING`;
 
 /** One statement for the whole request: 10,000 rows cost one round trip, not 10,000. */
 const INSERT_DEVICES = `
-  INSERT INTO devices (id, status, batch, profile, metadata, created_at, updated_at)
-  SELECT id, 'pending', $2, profile, metadata, $1, $1
-  FROM unnest($3::text[], $4::text[], $5::jsonb[]) AS d (id, profile, metadata)
+  INSERT INTO devices (id, status, kind, role, batch, profile, metadata, created_at, updated_at)
+  SELECT id, 'pending', CASE WHEN role IS NULL THEN 'device' ELSE 'service' END, role, $2, profile, metadata, $1, $1
+  FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[]) AS d (id, profile, metadata, role)
   ON CONFLICT (id) DO NOTHING
   RETURNING ${DEVICE_COLUMNS}`;
 
@@ -109,12 +119,17 @@ const RELEASE_CERTIFICATES = `
 export const toDevice = (r: Record<string, any>): Device => ({
   id: r.id,
   status: r.status,
+  kind: r.kind,
+  role: r.role,
   batch: r.batch,
   profile: r.profile,
   metadata: r.metadata,
   createdAt: r.created_at,
   updatedAt: r.updated_at,
   lastSeenAt: r.last_seen_at,
+  connected: r.connected,
+  connectedSince: r.connected_since,
+  peerAddress: r.peer_address,
 });
 
 export const toCertificateSummary = (r: Record<string, any>): CertificateSummary => ({
@@ -147,6 +162,7 @@ export async function registerDevices(
       ids,
       input.devices.map((d) => d.profile ?? null),
       input.devices.map((d) => JSON.stringify(d.metadata ?? {})),
+      input.devices.map((d) => d.serviceRole ?? null),
     ]);
     if (inserted.rowCount !== ids.length) {
       const created = new Set(inserted.rows.map((r) => r.id as string));
@@ -196,6 +212,9 @@ function checkNewDevices(devices: NewDevice[], batch: string | undefined): void 
     const where = devices.length > 1 ? `row ${index + 1}: ` : '';
     if (!DEVICE_ID_PATTERN.test(device.id)) {
       throw new FleetError('device_id_invalid', 400, `${where}"${device.id}" is not a valid device id: ${DEVICE_ID_RULE}`, { row: index + 1 });
+    }
+    if (device.serviceRole !== undefined && !SERVICE_ROLE_PATTERN.test(device.serviceRole)) {
+      throw new FleetError('role_invalid', 400, `${where}"${device.serviceRole}" is not a valid service role: lower-case letters, digits and -`);
     }
     if (seen.has(device.id)) {
       throw new FleetError('device_id_duplicate', 400, `${where}device id ${device.id} appears more than once`, { row: index + 1 });

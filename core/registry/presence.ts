@@ -1,9 +1,32 @@
 import type { Queryable } from '../db/transaction.js';
 
-const MARK_SEEN = `UPDATE devices SET last_seen_at = $2 WHERE id = ANY($1::text[]) AND (last_seen_at IS NULL OR last_seen_at < $2)`;
+/** The latest presence of one identity, as the broker saw it. */
+export interface PresenceUpdate {
+  deviceId: string;
+  connected: boolean;
+  at: Date;
+  peerAddress: string | null;
+}
 
-/** One statement for many devices, so a reconnect storm costs one write per flush, not per device. */
-export async function markDevicesSeen(q: Queryable, deviceIds: string[], at: Date): Promise<void> {
-  if (deviceIds.length === 0) return;
-  await q.query(MARK_SEEN, [deviceIds, at]);
+/**
+ * One statement for many identities, so a reconnect storm costs one write per flush, not one per
+ * connection. Rows are only moved forward in time, so a late flush never undoes a newer one.
+ */
+const RECORD_PRESENCE = `
+  UPDATE devices d SET
+    connected = u.connected,
+    connected_since = CASE WHEN u.connected THEN u.at ELSE NULL END,
+    last_seen_at = u.at,
+    peer_address = coalesce(u.peer, d.peer_address)
+  FROM unnest($1::text[], $2::boolean[], $3::timestamptz[], $4::text[]) AS u (id, connected, at, peer)
+  WHERE d.id = u.id AND (d.last_seen_at IS NULL OR d.last_seen_at <= u.at)`;
+
+export async function recordPresence(q: Queryable, updates: PresenceUpdate[]): Promise<void> {
+  if (updates.length === 0) return;
+  await q.query(RECORD_PRESENCE, [
+    updates.map((u) => u.deviceId),
+    updates.map((u) => u.connected),
+    updates.map((u) => u.at),
+    updates.map((u) => u.peerAddress),
+  ]);
 }
