@@ -32,6 +32,8 @@ export interface BrokerOptions {
   cacheSize?: number;
   /** How long cached identities still admit new connections after the registry became unreachable. */
   staleGraceMs?: number;
+  /** How long a client may hold a connection (TLS handshake, then CONNECT) before it is dropped. */
+  connectTimeoutMs?: number;
 }
 
 export interface RunningBroker {
@@ -93,7 +95,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   const aedes = await Aedes.createBroker({
     id: 'fleet-auth',
     maxClientsIdLength: 128,
-    connectTimeout: 10_000,
+    connectTimeout: options.connectTimeoutMs ?? 10_000,
     preConnect(client, packet, callback) {
       const socket = client.conn as tls.TLSSocket;
       const peer = socket.remoteAddress;
@@ -145,19 +147,26 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     {
       ...secureContextOptions(deps.ca),
       requestCert: true,
-      // Chain, validity and EKU are checked by OpenSSL during the handshake; a peer that fails never
-      // sends a byte of MQTT.
-      rejectUnauthorized: true,
-      handshakeTimeout: 10_000,
+      // OpenSSL checks chain, validity and EKU during the handshake; the verdict is read below rather
+      // than turned into a bare alert, so each refusal is counted by its real reason. A peer that
+      // fails is destroyed before aedes sees it: it never sends a byte of MQTT.
+      rejectUnauthorized: false,
+      handshakeTimeout: options.connectTimeoutMs ?? 10_000,
     },
     (socket) => {
+      const refusal = peerRefusal(socket);
+      if (refusal) {
+        refuse(refusal, socket.remoteAddress, { tlsError: String(socket.authorizationError ?? 'no certificate') });
+        socket.destroy();
+        return;
+      }
       open.add(socket);
       socket.once('close', () => open.delete(socket));
       aedes.handle(socket);
     },
   );
   server.on('tlsClientError', (error: NodeJS.ErrnoException, socket) => {
-    refuse(tlsRefusal(error), socket.remoteAddress, { tlsError: error.code ?? error.message });
+    refuse('tls_handshake_failed', socket.remoteAddress, { tlsError: error.code ?? error.message });
   });
 
   try {
@@ -187,15 +196,23 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   };
 }
 
-/** OpenSSL's words for why a client certificate failed the handshake, as a counted reason. */
-function tlsRefusal(error: Error): Refusal {
-  const message = error.message.toLowerCase();
-  if (message.includes('did not return a certificate')) return 'no_certificate';
-  if (message.includes('expired')) return 'expired';
-  if (message.includes('not yet valid')) return 'not_yet_valid';
-  if (message.includes('unknown ca') || message.includes('unable to get') || message.includes('self signed') || message.includes('certificate verify failed')) {
-    return 'unknown_ca';
-  }
+const UNKNOWN_CA_ERRORS = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+/** Why OpenSSL did not verify a client certificate, as a counted reason; undefined when it did. */
+export function peerRefusal(socket: tls.TLSSocket): Refusal | undefined {
+  if (socket.authorized) return undefined;
+  if (!socket.getPeerCertificate()?.fingerprint256) return 'no_certificate';
+  const code = String(socket.authorizationError);
+  if (code === 'CERT_HAS_EXPIRED') return 'expired';
+  if (code === 'CERT_NOT_YET_VALID') return 'not_yet_valid';
+  if (UNKNOWN_CA_ERRORS.has(code)) return 'unknown_ca';
   return 'tls_handshake_failed';
 }
 

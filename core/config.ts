@@ -27,6 +27,7 @@ export interface FleetConfig {
   brokerPolicyFile: string | undefined;
   brokerCacheSize: number;
   brokerStaleGraceMs: number;
+  brokerConnectTimeoutMs: number;
   logLevel: string;
   /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
   caPassphrase: string | undefined;
@@ -75,6 +76,7 @@ const schema = z.object({
   FLEET_BROKER_POLICY: z.string().min(1).optional(),
   FLEET_BROKER_CACHE_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
   FLEET_BROKER_STALE_GRACE: duration('5m'),
+  FLEET_BROKER_CONNECT_TIMEOUT: duration('10s'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -111,6 +113,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerPolicyFile: e.FLEET_BROKER_POLICY,
     brokerCacheSize: e.FLEET_BROKER_CACHE_SIZE,
     brokerStaleGraceMs: e.FLEET_BROKER_STALE_GRACE,
+    brokerConnectTimeoutMs: e.FLEET_BROKER_CONNECT_TIMEOUT,
     logLevel: e.LOG_LEVEL,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
   };

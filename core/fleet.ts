@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { followRegistryChanges } from '../broker/changes.js';
+import { type ChangeFollower, followRegistryChanges } from '../broker/changes.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
@@ -12,6 +12,7 @@ import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from './pki/key-stor
 
 export interface RunningFleet {
   db: Database;
+  changes: ChangeFollower;
   ca: CertificateAuthority;
   api: RunningApi;
   broker: RunningBroker;
@@ -40,7 +41,7 @@ export async function startFleet(
     await changes.ready;
     const broker = await startBroker(
       { pool: db.pool, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
-      { host: config.listenHost, port: config.brokerPort, cacheSize: config.brokerCacheSize, staleGraceMs: config.brokerStaleGraceMs },
+      { host: config.listenHost, port: config.brokerPort, cacheSize: config.brokerCacheSize, staleGraceMs: config.brokerStaleGraceMs, connectTimeoutMs: config.brokerConnectTimeoutMs },
     );
     started.push(broker);
     const api = await startProvisioningApi(
@@ -60,7 +61,7 @@ export async function startFleet(
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
     });
-    return { db, ca, api, broker, close: stopAll };
+    return { db, changes, ca, api, broker, close: stopAll };
   } catch (error) {
     await stopAll();
     throw error;

@@ -95,6 +95,7 @@ describe('broker admission', () => {
     assert.equal(outcome, 'refused');
     assert.equal(sawConnack, false);
     client.end(true);
+    assert.ok((t.fleet.broker.refusals.get('no_certificate') ?? 0) >= 1, 'counted as no_certificate');
   });
 
   test('refuses a certificate from a foreign CA, even one naming a real device', async () => {
@@ -104,6 +105,7 @@ describe('broker admission', () => {
     assert.equal(outcome, 'refused');
     assert.equal(sawConnack, false);
     client.end(true);
+    assert.ok((t.fleet.broker.refusals.get('unknown_ca') ?? 0) >= 1, 'counted as unknown_ca');
   });
 
   test('refuses a certificate signed by our CA but absent from the registry', async () => {

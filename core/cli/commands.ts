@@ -5,7 +5,7 @@ import { type FleetConfig, loadConfig } from '../config.js';
 import { type Database, openDatabase } from '../db/database.js';
 import { FleetError } from '../errors.js';
 import { caKeyStore, startFleet, rootCertificatePath } from '../fleet.js';
-import { rotateIssuingCa } from '../pki/authority.js';
+import { retireIssuingCa, rotateIssuingCa } from '../pki/authority.js';
 import { createLogger, stderrDestination } from '../log.js';
 import {
   announceCaChange,
@@ -161,6 +161,20 @@ export function registerCommands(program: Command): void {
       );
     });
 
+  const service = program.command('service').description('backend service identities, which the broker policy grants fleet-wide topics by role');
+  service
+    .command('add')
+    .description('register a service identity; its one-time enrollment token is printed on the last line of stdout')
+    .argument('<id>', 'the service id, its certificate CN and MQTT client id')
+    .requiredOption('--role <role>', 'the role the broker policy knows it by (built in: fleet-reader, fleet-commander)')
+    .action(async (id: string, options: { role: string }) => {
+      const registered = await withRegistry((db, config) =>
+        registerDevice(db.pool, { deviceId: id, serviceRole: options.role, actor: cliActor(), tokenTtlMs: config.enrollmentTokenTtlMs, now: new Date() }),
+      );
+      explain(`Registered service ${id} with role ${options.role}. Enroll it like a device; its token works once.`);
+      printSecret(registered.enrollmentToken);
+    });
+
   const ca = program.command('ca').description('the private CA');
   ca.command('rotate')
     .description('add a new issuing CA, signed by the root; new certificates come from it, older ones stay trusted, and a running server switches over at once')
@@ -172,7 +186,17 @@ export function registerCommands(program: Command): void {
         return made;
       });
       explain(`Issuing CA ${issuer.generation} (${issuer.certificate.subject}, key id ${issuer.keyId}) now signs new certificates.`);
-      explain('Earlier issuing CAs stay trusted until their certificates have expired.');
+      explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
+    });
+  ca.command('retire')
+    .description('stop trusting an older issuing CA: devices still holding its certificates are refused at once')
+    .argument('<generation>', 'the issuing CA number, as rotate printed it', (value) => Number.parseInt(value, 10))
+    .action(async (generation: number) => {
+      await withRegistry(async (db, config) => {
+        await retireIssuingCa({ dataDir: config.dataDir }, generation);
+        await announceCaChange(db.pool);
+      });
+      explain(`Issuing CA ${generation} is retired; running servers stop trusting it now.`);
     });
 
   program

@@ -26,7 +26,7 @@ interface Credentials {
  * Opens the embedded PostgreSQL kept under `<dataDir>/postgres`. When a server already runs on that
  * cluster (`fleet start` in another terminal) this joins it, so CLI commands never start a second one.
  */
-export async function openEmbeddedDatabase(dataDir: string, log: Logger): Promise<EmbeddedDatabase> {
+export async function openEmbeddedDatabase(dataDir: string, log: Logger, options: { port?: number } = {}): Promise<EmbeddedDatabase> {
   const clusterDir = path.join(dataDir, 'postgres');
   const credentials = await loadCredentials(dataDir);
   const running = await runningPort(clusterDir);
@@ -35,7 +35,7 @@ export async function openEmbeddedDatabase(dataDir: string, log: Logger): Promis
     return { url: urlFor(credentials, running), owned: false, stop: async () => {} };
   }
 
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   const server = new EmbeddedPostgres({
     databaseDir: clusterDir,
     port,

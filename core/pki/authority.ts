@@ -1,9 +1,10 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { type AlgorithmIdentifier, CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
+import { FleetError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { fileKeyStore, type KeyStore } from './key-store.js';
 import {
@@ -169,6 +170,22 @@ export async function rotateIssuingCa(options: Omit<AuthorityOptions, 'hostnames
     createIssuing(root, generation, now()),
   );
   return issuingCa(generation, made);
+}
+
+/**
+ * Stops trusting an older issuing CA: its certificate moves to pki/retired/, and after the reload
+ * its devices are refused at the TLS handshake. The newest issuing CA cannot be retired.
+ */
+export async function retireIssuingCa(options: { dataDir: string }, generation: number): Promise<void> {
+  const dir = pkiDirOf(options.dataDir);
+  const generations = await issuerGenerations(dir);
+  if (!generations.includes(generation)) throw new FleetError('issuer_not_found', 404, `there is no issuing CA ${generation}`);
+  if (generation === Math.max(...generations)) {
+    throw new FleetError('issuer_current', 409, `issuing CA ${generation} is the one signing new certificates; rotate first (fleet ca rotate)`);
+  }
+  await mkdir(path.join(dir, 'retired'), { recursive: true, mode: 0o700 });
+  const name = `${issuerFileName(generation)}.crt`;
+  await rename(path.join(dir, name), path.join(dir, 'retired', name));
 }
 
 const issuerFileName = (generation: number) => (generation === 1 ? 'issuing' : `issuing-${generation}`);

@@ -188,13 +188,15 @@ export async function registerDevices(
   });
 }
 
+type NewDeviceInput = { deviceId: string } & Omit<NewDevice, 'id'>;
+
 /** One device: the bulk path with a single row, so both keep the same rules. */
 export async function registerDevice(
   pool: pg.Pool,
-  input: { deviceId: string; profile?: string; metadata?: Record<string, unknown>; actor: Actor; tokenTtlMs: number; now: Date },
+  input: NewDeviceInput & { actor: Actor; tokenTtlMs: number; now: Date },
 ): Promise<{ device: Device; enrollmentToken: string; enrollmentTokenExpiresAt: Date }> {
-  const { deviceId, profile, metadata, ...rest } = input;
-  const registered = await registerDevices(pool, { ...rest, devices: [{ id: deviceId, profile, metadata }] });
+  const { deviceId, profile, metadata, serviceRole, ...rest } = input;
+  const registered = await registerDevices(pool, { ...rest, devices: [{ id: deviceId, profile, metadata, serviceRole }] });
   return { ...registered.devices[0]!, enrollmentTokenExpiresAt: registered.enrollmentTokenExpiresAt };
 }
 

@@ -14,6 +14,7 @@ import {
   revokeCertificate,
   revokeDevice,
   type RevocationReason as RevocationReasonName,
+  SERVICE_ROLE_PATTERN,
   suspendDevice,
 } from '../../core/registry/index.js';
 import type { ProvisioningDeps } from '../deps.js';
@@ -42,6 +43,15 @@ const register = createRoute({
   summary: 'Register a device and get its one-time enrollment token',
   security,
   request: { body: { required: true, ...json(z.object({ id: DeviceId, profile: Profile.optional(), metadata: Metadata.optional() })) } },
+  responses: { 201: { description: 'registered; the token is shown here once and never again', ...json(TokenGrant) }, ...problemResponses(400, 401, 403, 409) },
+});
+
+const registerService = createRoute({
+  method: 'post',
+  path: '/v1/services',
+  summary: 'Register a backend service identity with a role; it enrolls like a device',
+  security,
+  request: { body: { required: true, ...json(z.object({ id: DeviceId, role: z.string().regex(SERVICE_ROLE_PATTERN, 'lower-case letters, digits and -') })) } },
   responses: { 201: { description: 'registered; the token is shown here once and never again', ...json(TokenGrant) }, ...problemResponses(400, 401, 403, 409) },
 });
 
@@ -159,6 +169,15 @@ export function deviceRoutes(deps: ProvisioningDeps) {
   app.openapi(register, async (c) => {
     const { id, profile, metadata } = c.req.valid('json');
     const registered = await registerDevice(deps.pool, { deviceId: id, profile, metadata, tokenTtlMs: deps.enrollmentTokenTtlMs, ...who(c) });
+    const { device, enrollmentToken, enrollmentTokenExpiresAt } = registered;
+    return c.json({ device: isoDates(device), enrollmentToken, enrollmentTokenExpiresAt: enrollmentTokenExpiresAt.toISOString() }, 201);
+  });
+
+  // Service identities read across the fleet, so only admins create them.
+  app.use('/v1/services', requireOperator(deps.pool, 'tokens'));
+  app.openapi(registerService, async (c) => {
+    const { id, role } = c.req.valid('json');
+    const registered = await registerDevice(deps.pool, { deviceId: id, serviceRole: role, tokenTtlMs: deps.enrollmentTokenTtlMs, ...who(c) });
     const { device, enrollmentToken, enrollmentTokenExpiresAt } = registered;
     return c.json({ device: isoDates(device), enrollmentToken, enrollmentTokenExpiresAt: enrollmentTokenExpiresAt.toISOString() }, 201);
   });

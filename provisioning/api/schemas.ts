@@ -28,12 +28,17 @@ export const Device = z
   .object({
     id: DeviceId,
     status: z.enum(['pending', 'active', 'suspended', 'revoked']),
+    kind: z.enum(['device', 'service']),
+    role: z.string().nullable(),
     batch: z.string().nullable(),
     profile: z.string().nullable(),
     metadata: z.record(z.string(), z.unknown()),
     createdAt: z.string(),
     updatedAt: z.string(),
     lastSeenAt: z.string().nullable(),
+    connected: z.boolean(),
+    connectedSince: z.string().nullable(),
+    peerAddress: z.string().nullable(),
   })
   .openapi('Device');
 

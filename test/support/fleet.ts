@@ -73,10 +73,10 @@ export interface TestFleet {
 }
 
 export async function startTestFleet(
-  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger } = {},
+  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger; databaseUrl?: string } = {},
 ): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
-  const database = await testDatabase();
+  const database = options.databaseUrl ? { url: options.databaseUrl, drop: async () => {} } : await testDatabase();
   const config = loadConfig({
     FLEET_DATA_DIR: dataDir,
     FLEET_API_PORT: '0',

@@ -1,9 +1,12 @@
+import type { TLSSocket } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
 
 export interface DeviceTls {
   ca: string;
   cert?: string;
   key?: string;
+  /** A TLS session from an earlier connection, to resume it. */
+  session?: Buffer;
 }
 
 export interface Connection {
@@ -12,6 +15,10 @@ export interface Connection {
   outcome: 'connected' | 'refused';
   /** Whether any CONNACK arrived, accepting or refusing: a refused identity must not get one. */
   sawConnack: boolean;
+  /** Whether TLS resumed the session given in `tls.session`. */
+  resumed: boolean;
+  /** TLS session tickets the server sent on this connection, to resume with later. */
+  tickets: Buffer[];
   error?: Error;
 }
 
@@ -25,6 +32,8 @@ export function connectDevice(port: number, clientId: string, tls: DeviceTls): P
     ca: tls.ca,
     cert: tls.cert,
     key: tls.key,
+    // MQTT.js hands unknown options to tls.connect; its types just do not list this one.
+    ...({ session: tls.session } as object),
     reconnectPeriod: 0,
     connectTimeout: 5000,
     protocolVersion: 4,
@@ -32,10 +41,15 @@ export function connectDevice(port: number, clientId: string, tls: DeviceTls): P
   return new Promise((resolve) => {
     let lastError: Error | undefined;
     let sawConnack = false;
+    let resumed = false;
+    const tickets: Buffer[] = [];
+    const socket = client.stream as unknown as TLSSocket;
+    socket.on('session', (ticket: Buffer) => tickets.push(ticket));
+    socket.once('secureConnect', () => (resumed = socket.isSessionReused()));
     client.on('packetreceive', (packet) => (sawConnack ||= packet.cmd === 'connack'));
     client.on('error', (error) => (lastError = error));
-    client.once('connect', () => resolve({ client, outcome: 'connected', sawConnack }));
-    client.once('close', () => resolve({ client, outcome: 'refused', sawConnack, error: lastError }));
+    client.once('connect', () => resolve({ client, outcome: 'connected', sawConnack, resumed, tickets }));
+    client.once('close', () => resolve({ client, outcome: 'refused', sawConnack, resumed, tickets, error: lastError }));
   });
 }
 
