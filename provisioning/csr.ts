@@ -26,10 +26,32 @@ export function parseCsr(input: string | Uint8Array): x509.Pkcs10CertificateRequ
     throw invalid('it cannot be decoded');
   }
   if (der.byteLength === 0) throw invalid('it is empty');
+  let request: x509.Pkcs10CertificateRequest;
   try {
-    return new x509.Pkcs10CertificateRequest(der);
+    request = new x509.Pkcs10CertificateRequest(der);
   } catch {
     throw invalid('its DER structure does not parse');
+  }
+  assertDecodable(request);
+  return request;
+}
+
+/**
+ * The request's public key and subject are decoded lazily, on every access, and a malformed one
+ * (say, an EC key whose curve is not an OID) throws a plain Error there: in the policy checks that
+ * became a 500. Decoding them once here makes such a CSR what it is, csr_invalid. Well-formed keys
+ * of algorithms we do not allow still decode, and are refused later as key_not_allowed.
+ */
+function assertDecodable(request: x509.Pkcs10CertificateRequest): void {
+  try {
+    void request.publicKey.algorithm;
+  } catch {
+    throw invalid('its public key cannot be decoded');
+  }
+  try {
+    void request.subject;
+  } catch {
+    throw invalid('its subject cannot be decoded');
   }
 }
 

@@ -45,14 +45,23 @@ export function problemResponse(c: Context, error: FleetError): Response {
   return c.body(JSON.stringify(body), error.status as ContentfulStatusCode, headers);
 }
 
+/**
+ * Hono's own refusals (malformed JSON, a body of the wrong media type) get our codes. A 415 is the
+ * same refusal as EST's unsupported_media_type, so it gets that code, not request_malformed.
+ */
+function fromHttpException(error: HTTPException): FleetError {
+  if (error.status === 415) {
+    return new FleetError('unsupported_media_type', 415, 'this route takes a JSON body: send it with Content-Type: application/json');
+  }
+  return new FleetError('request_malformed', error.status, error.message || 'the request is malformed');
+}
+
 /** Every failure leaves as application/problem+json; anything unexpected is logged and becomes a bare 500. */
 export function installProblemHandlers(app: Hono<any>, log: Logger): void {
   app.notFound((c) => problemResponse(c, new FleetError('not_found', 404, `there is no ${c.req.method} ${c.req.path}`)));
   app.onError((error, c) => {
     if (error instanceof FleetError) return problemResponse(c, error);
-    if (error instanceof HTTPException && error.status < 500) {
-      return problemResponse(c, new FleetError('request_malformed', error.status, error.message || 'the request is malformed'));
-    }
+    if (error instanceof HTTPException && error.status < 500) return problemResponse(c, fromHttpException(error));
     log.error({ err: error, method: c.req.method, path: c.req.path }, 'request failed');
     return problemResponse(c, new FleetError('internal_error', 500, 'the server failed to handle this request; it has been logged'));
   });
