@@ -6,7 +6,7 @@ import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
-import { findIdentityByFingerprint, type RegistryChange } from '../core/registry/index.js';
+import { findIdentityByFingerprint, forgetConnections, type RegistryChange } from '../core/registry/index.js';
 import { decideAdmission, type Refusal } from './admission.js';
 import type { ChangeFollower } from './changes.js';
 import { IdentityCache } from './identity-cache.js';
@@ -91,6 +91,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       );
     }
   });
+
+  const stale = await forgetConnections(deps.pool);
+  if (stale > 0) log.info({ devices: stale }, 'cleared presence left over from an earlier run');
 
   const aedes = await Aedes.createBroker({
     id: 'fleet-auth',

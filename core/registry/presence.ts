@@ -30,3 +30,13 @@ export async function recordPresence(q: Queryable, updates: PresenceUpdate[]): P
     updates.map((u) => u.peerAddress),
   ]);
 }
+
+const FORGET_CONNECTIONS = `UPDATE devices SET connected = false, connected_since = NULL WHERE connected`;
+
+/**
+ * A broker starting has no sessions yet: whatever the registry says is connected was left over by a
+ * process that stopped without writing its last presence (killed, or its database went first).
+ */
+export async function forgetConnections(q: Queryable): Promise<number> {
+  return (await q.query(FORGET_CONNECTIONS)).rowCount ?? 0;
+}
