@@ -26,6 +26,9 @@ export interface FleetConfig {
   logLevel: string;
   /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
   caPassphrase: string | undefined;
+  /** Where Prometheus scrapes the broker's metrics (plain HTTP, GET /metrics); loopback by default. */
+  metricsHost: string;
+  metricsPort: number;
 }
 
 const duration = (fallback: string) =>
@@ -69,6 +72,8 @@ const schema = z.object({
   // The length rule says nothing about the value, so the passphrase never appears in an error.
   FLEET_CA_PASSPHRASE: z.string().min(12, 'must be at least 12 characters').optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  FLEET_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  FLEET_METRICS_PORT: port(9464),
 });
 
 export class ConfigError extends Error {
@@ -103,5 +108,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
     logLevel: e.LOG_LEVEL,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
+    metricsHost: e.FLEET_METRICS_HOST,
+    metricsPort: e.FLEET_METRICS_PORT,
   };
 }
