@@ -29,6 +29,15 @@ export interface FleetConfig {
   /** Where Prometheus scrapes the broker's metrics (plain HTTP, GET /metrics); loopback by default. */
   metricsHost: string;
   metricsPort: number;
+  /** New broker connections one address may open per second, sustained, and at once after a quiet spell. */
+  brokerConnectRate: number;
+  brokerConnectBurst: number;
+  /** Broker connections open at once, from everyone. */
+  brokerMaxConnections: number;
+  /** The largest MQTT packet the broker reads, fixed header included; a larger one closes the connection. */
+  brokerMaxPacketBytes: number;
+  /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
+  brokerKeepaliveMaxSeconds: number;
 }
 
 const duration = (fallback: string) =>
@@ -74,6 +83,13 @@ const schema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   FLEET_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
   FLEET_METRICS_PORT: port(9464),
+  FLEET_BROKER_CONNECT_RATE: z.coerce.number().positive().default(50),
+  FLEET_BROKER_CONNECT_BURST: z.coerce.number().int().min(1).default(100),
+  FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(50_000),
+  // A CONNECT with a long client id fits in well under 1 KiB; MQTT itself stops at 256 MiB plus a 5-byte header.
+  FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
+  // MQTT's keepalive field is 16 bits.
+  FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
 });
 
 export class ConfigError extends Error {
@@ -110,5 +126,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     caPassphrase: e.FLEET_CA_PASSPHRASE,
     metricsHost: e.FLEET_METRICS_HOST,
     metricsPort: e.FLEET_METRICS_PORT,
+    brokerConnectRate: e.FLEET_BROKER_CONNECT_RATE,
+    brokerConnectBurst: e.FLEET_BROKER_CONNECT_BURST,
+    brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,
+    brokerMaxPacketBytes: e.FLEET_BROKER_MAX_PACKET_BYTES,
+    brokerKeepaliveMaxSeconds: e.FLEET_BROKER_KEEPALIVE_MAX,
   };
 }
