@@ -1,5 +1,6 @@
-import { isIPv4 } from 'node:net';
+import net, { isIPv4 } from 'node:net';
 import type { Readable } from 'node:stream';
+import type tls from 'node:tls';
 
 /*
  * Protection for the broker's front door, applied before any registry lookup: a connection gate
@@ -97,6 +98,32 @@ export function connectionGate(options: ConnectionGateOptions): ConnectionGate {
       return buckets.size;
     },
   };
+}
+
+/**
+ * A plain TCP server to listen on in place of `tlsServer`: each connection passes the gate first, and
+ * only admitted ones are handed to `tlsServer` (its documented `emit('connection', socket)`), so a
+ * refused one costs no TLS state and no handshake. Destroying a refused socket inside the TLS
+ * server's own 'connection' event would instead surface as a 'tlsClientError' (ECONNRESET) and be
+ * counted twice. The TLS server keeps its options, `setSecureContext` and handshake timeout; it is
+ * just never listened on itself.
+ */
+export function gatedServer(
+  tlsServer: tls.Server,
+  gate: ConnectionGate,
+  onRefuse: (decision: Exclude<GateDecision, 'ok'>, address: string) => void,
+): net.Server {
+  return net.createServer((socket) => {
+    const address = socket.remoteAddress ?? '';
+    const decision = gate.admit(address);
+    if (decision !== 'ok') {
+      socket.destroy();
+      onRefuse(decision, address);
+      return;
+    }
+    socket.once('close', () => gate.release(address));
+    tlsServer.emit('connection', socket);
+  });
 }
 
 /**

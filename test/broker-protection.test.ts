@@ -10,6 +10,7 @@ import type { MqttClient } from 'mqtt';
 import {
   checkKeepalive,
   connectionGate,
+  gatedServer,
   guardPacketSize,
   packetSizeMeter,
   type PacketRefusal,
@@ -213,28 +214,89 @@ describe('keepalive bound', () => {
   });
 });
 
+/** Our CA code in a scratch directory, and one client certificate from it: enough TLS for these tests. */
+let dataDir: string;
+let ca: CertificateAuthority;
+let device: DeviceTls;
+before(async () => {
+  dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-protection-'));
+  ca = await loadAuthority({ dataDir, hostnames: [], log: silentLogger() });
+  const identity = await createDeviceIdentity('guard-1');
+  const certificate = await ca.sign({
+    subject: 'CN=guard-1',
+    publicKey: identity.csr.publicKey,
+    notBefore: new Date(Date.now() - 60_000),
+    notAfter: new Date(Date.now() + 3_600_000),
+    extensions: [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
+  });
+  device = { ca: ca.rootPem, cert: certificate.toString('pem'), key: identity.keyPem };
+});
+after(async () => {
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+});
+
+/** A TLS client connection's fate: the handshake completed, or the connection ended before it did. */
+function tlsConnect(port: number): Promise<{ outcome: 'secure' | 'refused'; socket: tls.TLSSocket }> {
+  const socket = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ...device });
+  return new Promise((resolve) => {
+    socket.on('error', () => undefined);
+    socket.once('secureConnect', () => resolve({ outcome: 'secure', socket }));
+    socket.once('close', () => resolve({ outcome: 'refused', socket }));
+  });
+}
+
+describe('gated TLS server on real sockets', () => {
+  test('a refused connection never reaches TLS; an admitted one frees its slot when it closes', async () => {
+    const time = manualClock();
+    const gate = connectionGate({ perAddressPerSecond: 1, burst: 2, maxConnections: 1, clock: time.clock });
+    const serverSides: tls.TLSSocket[] = [];
+    const tlsServer = tls.createServer({ ...secureContextOptions(ca), requestCert: true, rejectUnauthorized: true }, (s) => void serverSides.push(s));
+    const tlsErrors: Error[] = [];
+    tlsServer.on('tlsClientError', (error) => tlsErrors.push(error));
+    const refused: [string, string][] = [];
+    const front = gatedServer(tlsServer, gate, (decision, address) => refused.push([decision, address]));
+    front.listen(0, '127.0.0.1');
+    await once(front, 'listening');
+    const port = (front.address() as { port: number }).port;
+    try {
+      // With TLS 1.3 the client may finish its handshake before the server has; wait for both sides.
+      const firstAccepted = once(tlsServer, 'secureConnection');
+      const first = await tlsConnect(port);
+      assert.equal(first.outcome, 'secure');
+      const [firstServerSide] = (await firstAccepted) as [tls.TLSSocket];
+      assert.equal(gate.open, 1);
+      assert.equal((await tlsConnect(port)).outcome, 'refused');
+      assert.deepEqual(refused, [['too_many_connections', '127.0.0.1']]);
+
+      const released = once(firstServerSide, 'close');
+      first.socket.end();
+      await released;
+      assert.equal(gate.open, 0, 'the close released the slot');
+      assert.equal((await tlsConnect(port)).outcome, 'refused', 'both tokens are spent');
+      assert.deepEqual(refused.at(-1), ['rate_limited', '127.0.0.1']);
+      time.advance(1000);
+      const laterAccepted = once(tlsServer, 'secureConnection');
+      const later = await tlsConnect(port);
+      assert.equal(later.outcome, 'secure');
+      await laterAccepted;
+      later.socket.end();
+      assert.deepEqual(tlsErrors, [], 'refusals are not also TLS errors');
+      assert.equal(serverSides.length, 2, 'only admitted connections reached the TLS server');
+    } finally {
+      await new Promise<void>((resolve) => front.close(() => resolve()));
+      for (const s of serverSides) s.destroy();
+    }
+  });
+});
+
 describe('packet size guard on real TLS sockets in front of aedes', () => {
   const LIMIT = 4096;
-  let dataDir: string;
-  let ca: CertificateAuthority;
-  let device: DeviceTls;
   let aedes: Aedes;
   let server: tls.Server;
   let port: number;
   const refusals: PacketRefusal[] = [];
 
   before(async () => {
-    dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-guard-'));
-    ca = await loadAuthority({ dataDir, hostnames: [], log: silentLogger() });
-    const identity = await createDeviceIdentity('guard-1');
-    const certificate = await ca.sign({
-      subject: 'CN=guard-1',
-      publicKey: identity.csr.publicKey,
-      notBefore: new Date(Date.now() - 60_000),
-      notAfter: new Date(Date.now() + 3_600_000),
-      extensions: [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
-    });
-    device = { ca: ca.rootPem, cert: certificate.toString('pem'), key: identity.keyPem };
     aedes = await Aedes.createBroker();
     server = tls.createServer({ ...secureContextOptions(ca), requestCert: true, rejectUnauthorized: true }, (socket) => {
       guardPacketSize(socket, LIMIT, (refusal) => refusals.push(refusal));
@@ -247,7 +309,6 @@ describe('packet size guard on real TLS sockets in front of aedes', () => {
   after(async () => {
     await new Promise<void>((resolve) => aedes?.close(() => resolve()));
     await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
-    if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });
 
   /** Every message on `topic` until `marker` arrives. */
