@@ -13,7 +13,12 @@ export type Refusal =
   | 'expired'
   | 'not_yet_valid'
   | 'client_id_mismatch'
-  | 'registry_unavailable';
+  | 'registry_unavailable'
+  | 'rate_limited'
+  | 'too_many_connections'
+  | 'packet_too_large'
+  | 'malformed_packet'
+  | 'keepalive_too_long';
 
 export type Admission = { admitted: true } | { admitted: false; reason: Refusal };
 

@@ -12,11 +12,14 @@ import type { ChangeFollower } from './changes.js';
 import { IdentityCache } from './identity-cache.js';
 import { identityResolver, RegistryUnavailable } from './identity.js';
 import { mayPublish, maySubscribe, rulesFor, type TopicPolicy, type TopicRules } from './policy.js';
+import type { BrokerMetrics } from './metrics.js';
 import { presenceTracker } from './presence.js';
+import { checkKeepalive, connectionGate, gatedServer, guardPacketSize } from './protection.js';
 import { DeviceSessions, type Session } from './sessions.js';
 
 export interface BrokerDeps {
   pool: pg.Pool;
+  metrics: BrokerMetrics;
   /** Registry changes (revocations) as they commit. */
   changes: ChangeFollower;
   ca: CertificateAuthority;
@@ -34,6 +37,12 @@ export interface BrokerOptions {
   staleGraceMs?: number;
   /** How long a client may hold a connection (TLS handshake, then CONNECT) before it is dropped. */
   connectTimeoutMs?: number;
+  /** New connections per second each address may open (with this burst), and at most this many at once. */
+  connectRate?: number;
+  connectBurst?: number;
+  maxConnections?: number;
+  maxPacketBytes?: number;
+  keepaliveMaxSeconds?: number;
 }
 
 export interface RunningBroker {
@@ -60,8 +69,10 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   const cache = new IdentityCache(options.cacheSize ?? 100_000);
   const resolve = identityResolver({ pool: deps.pool, changes, cache, staleGraceMs: options.staleGraceMs ?? 5 * 60_000, now });
 
+  const { metrics } = deps;
   const refuse = (reason: Refusal, peer: string | undefined, details: Record<string, unknown> = {}) => {
     refusals.set(reason, (refusals.get(reason) ?? 0) + 1);
+    metrics.refused(reason);
     log.warn({ reason, peer, ...details }, 'connection refused');
     return new Error(`connection refused: ${reason}`);
   };
@@ -84,6 +95,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   changes.onChange((change) => {
     cache.forgetDevice(change.deviceId);
     const closed = closeAffected(sessions, change);
+    metrics.revocationClosed(closed);
     if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
     if (change.kind === 'certificate_superseded') {
       refreshSessions(change.deviceId, change.serial).catch((error) =>
@@ -100,14 +112,19 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     maxClientsIdLength: 128,
     connectTimeout: options.connectTimeoutMs ?? 10_000,
     preConnect(client, packet, callback) {
+      const started = performance.now();
       const socket = client.conn as tls.TLSSocket;
       const peer = socket.remoteAddress;
+      if (checkKeepalive(packet.keepalive ?? 0, options.keepaliveMaxSeconds ?? 1200) !== 'ok') {
+        return callback(refuse('keepalive_too_long', peer, { keepalive: packet.keepalive }), false);
+      }
       const certificate = socket.getPeerCertificate();
       if (!certificate?.fingerprint256) return callback(refuse('no_certificate', peer), false);
       const fingerprint = normalizeFingerprint(certificate.fingerprint256);
       resolve(fingerprint).then(
         (identity) => {
           const decision = decideAdmission(identity, packet.clientId, clock());
+          metrics.observeConnect((performance.now() - started) / 1000);
           if (!decision.admitted) {
             return callback(refuse(decision.reason, peer, { clientId: packet.clientId, deviceId: identity?.deviceId, fingerprint }), false);
           }
@@ -116,7 +133,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
           const session = sessions.add(client, identity!, fingerprint);
           admitted.set(client, { session, rules: rulesFor(deps.policy, identity!) });
           presence.connected(identity!.deviceId, identity!.serial, peer ?? null);
+          metrics.connected();
           socket.once('close', () => {
+            metrics.disconnected();
             if (sessions.count(identity!.deviceId) === 0) presence.disconnected(identity!.deviceId, identity!.serial);
           });
           callback(null, true);
@@ -130,12 +149,14 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     authorizePublish(client, packet, callback) {
       const session = client ? admitted.get(client) : undefined;
       if (session && mayPublish(session.rules, packet.topic)) return callback(null);
+      metrics.denied('publish');
       log.warn({ deviceId: session?.session.identity.deviceId, topic: packet.topic }, 'publish denied');
       callback(new Error(`publish to ${packet.topic} denied`));
     },
     authorizeSubscribe(client, subscription, callback) {
       const session = admitted.get(client);
       if (session && maySubscribe(session.rules, subscription.topic)) return callback(null, subscription);
+      metrics.denied('subscribe');
       log.warn({ deviceId: session?.session.identity.deviceId, topic: subscription.topic }, 'subscribe denied');
       // A null subscription is answered with SUBACK 0x80 and keeps the session open.
       callback(null, null);
@@ -165,6 +186,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       }
       open.add(socket);
       socket.once('close', () => open.delete(socket));
+      guardPacketSize(socket, options.maxPacketBytes ?? 262_144, (refusal) => refuse(refusal.reason, socket.remoteAddress, refusal));
       aedes.handle(socket);
     },
   );
@@ -172,15 +194,23 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     refuse('tls_handshake_failed', socket.remoteAddress, { tlsError: error.code ?? error.message });
   });
 
+  // Rate and connection limits act on plain TCP, before any TLS work is spent on a refused peer.
+  const gate = connectionGate({
+    perAddressPerSecond: options.connectRate ?? 50,
+    burst: options.connectBurst ?? 100,
+    maxConnections: options.maxConnections ?? 16_000,
+    clock: now,
+  });
+  const front = gatedServer(server, gate, (decision, address) => refuse(decision, address));
   try {
-    server.listen(options.port, options.host);
-    await once(server, 'listening');
+    front.listen(options.port, options.host);
+    await once(front, 'listening');
   } catch (error) {
     await presence.close();
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw error;
   }
-  const port = (server.address() as { port: number }).port;
+  const port = (front.address() as { port: number }).port;
   log.info({ port }, 'MQTT broker listening (mTLS)');
 
   return {
@@ -190,7 +220,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
     async close() {
       // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
-      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      const stopped = new Promise<void>((resolve) => front.close(() => resolve()));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       for (const socket of open) socket.destroy();
       await stopped;

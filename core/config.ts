@@ -31,6 +31,18 @@ export interface FleetConfig {
   logLevel: string;
   /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
   caPassphrase: string | undefined;
+  /** Where Prometheus scrapes the broker's metrics (plain HTTP, GET /metrics); loopback by default. */
+  metricsHost: string;
+  metricsPort: number;
+  /** New broker connections one address may open per second, sustained, and at once after a quiet spell. */
+  brokerConnectRate: number;
+  brokerConnectBurst: number;
+  /** Broker connections open at once, from everyone. */
+  brokerMaxConnections: number;
+  /** The largest MQTT packet the broker reads, fixed header included; a larger one closes the connection. */
+  brokerMaxPacketBytes: number;
+  /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
+  brokerKeepaliveMaxSeconds: number;
 }
 
 const duration = (fallback: string) =>
@@ -78,6 +90,15 @@ const schema = z.object({
   FLEET_BROKER_STALE_GRACE: duration('5m'),
   FLEET_BROKER_CONNECT_TIMEOUT: duration('10s'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  FLEET_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
+  FLEET_METRICS_PORT: port(9464),
+  FLEET_BROKER_CONNECT_RATE: z.coerce.number().positive().default(50),
+  FLEET_BROKER_CONNECT_BURST: z.coerce.number().int().min(1).default(100),
+  FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(16_000),
+  // A CONNECT with a long client id fits in well under 1 KiB; MQTT itself stops at 256 MiB plus a 5-byte header.
+  FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
+  // MQTT's keepalive field is 16 bits.
+  FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
 });
 
 export class ConfigError extends Error {
@@ -116,5 +137,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerConnectTimeoutMs: e.FLEET_BROKER_CONNECT_TIMEOUT,
     logLevel: e.LOG_LEVEL,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
+    metricsHost: e.FLEET_METRICS_HOST,
+    metricsPort: e.FLEET_METRICS_PORT,
+    brokerConnectRate: e.FLEET_BROKER_CONNECT_RATE,
+    brokerConnectBurst: e.FLEET_BROKER_CONNECT_BURST,
+    brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,
+    brokerMaxPacketBytes: e.FLEET_BROKER_MAX_PACKET_BYTES,
+    brokerKeepaliveMaxSeconds: e.FLEET_BROKER_KEEPALIVE_MAX,
   };
 }

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { type ChangeFollower, followRegistryChanges } from '../broker/changes.js';
+import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
@@ -12,6 +13,7 @@ import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from './pki/key-stor
 
 export interface RunningFleet {
   db: Database;
+  metricsPort: number;
   changes: ChangeFollower;
   ca: CertificateAuthority;
   api: RunningApi;
@@ -36,12 +38,26 @@ export async function startFleet(
     const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock, keyStore });
     warnIfKeysUnencrypted(keyStore, config, log);
     const policy = policyFromConfig(config);
+    const metrics = createBrokerMetrics();
+    const metricsServer = await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort });
+    started.push(metricsServer);
     const changes = followRegistryChanges({ url: db.url, log });
     started.push(changes);
     await changes.ready;
     const broker = await startBroker(
-      { pool: db.pool, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
-      { host: config.listenHost, port: config.brokerPort, cacheSize: config.brokerCacheSize, staleGraceMs: config.brokerStaleGraceMs, connectTimeoutMs: config.brokerConnectTimeoutMs },
+      { pool: db.pool, metrics, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      {
+        host: config.listenHost,
+        port: config.brokerPort,
+        cacheSize: config.brokerCacheSize,
+        staleGraceMs: config.brokerStaleGraceMs,
+        connectTimeoutMs: config.brokerConnectTimeoutMs,
+        connectRate: config.brokerConnectRate,
+        connectBurst: config.brokerConnectBurst,
+        maxConnections: config.brokerMaxConnections,
+        maxPacketBytes: config.brokerMaxPacketBytes,
+        keepaliveMaxSeconds: config.brokerKeepaliveMaxSeconds,
+      },
     );
     started.push(broker);
     const api = await startProvisioningApi(
@@ -61,7 +77,7 @@ export async function startFleet(
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
     });
-    return { db, changes, ca, api, broker, close: stopAll };
+    return { db, metricsPort: metricsServer.port, changes, ca, api, broker, close: stopAll };
   } catch (error) {
     await stopAll();
     throw error;

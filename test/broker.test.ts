@@ -178,3 +178,15 @@ describe('revocation', () => {
     d.client.end(true);
   });
 });
+
+describe('diagnostics', () => {
+  test('refusals and denials are counted by reason on the metrics endpoint', async () => {
+    const res = await fetch(`http://127.0.0.1:${t.fleet.metricsPort}/metrics`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    const value = (pattern: RegExp) => Number(pattern.exec(text)?.[1] ?? 0);
+    assert.ok(value(/^fleet_broker_refusals_total\{reason="no_certificate"\} (\d+)/m) >= 1, 'no_certificate counted');
+    assert.ok(value(/^fleet_broker_refusals_total\{reason="client_id_mismatch"\} (\d+)/m) >= 1, 'client_id_mismatch counted');
+    assert.ok(value(/^fleet_broker_denials_total\{action="subscribe"\} (\d+)/m) >= 1, 'subscribe denials counted');
+  });
+});

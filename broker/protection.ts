@@ -1,0 +1,245 @@
+import net, { isIPv4 } from 'node:net';
+import type { Readable } from 'node:stream';
+import type tls from 'node:tls';
+
+/*
+ * Protection for the broker's front door, applied before any registry lookup: a connection gate
+ * (per-address rate and a global cap, checked when the TCP connection arrives, before the TLS
+ * handshake costs a signature), a cap on MQTT packet size, and a bound on keepalive.
+ */
+
+export type GateDecision = 'ok' | 'rate_limited' | 'too_many_connections';
+
+export interface ConnectionGateOptions {
+  /** New connections an address may open per second, sustained. */
+  perAddressPerSecond: number;
+  /** New connections an address may open at once after it has been quiet. */
+  burst: number;
+  /** Connections open at once, from everyone. */
+  maxConnections: number;
+  /** Milliseconds; passed in so tests decide what time it is. */
+  clock: () => number;
+  /** Addresses whose rate is remembered at most; past that the least recently seen are forgotten. */
+  maxAddresses?: number;
+}
+
+export interface ConnectionGate {
+  /** Call when a TCP connection arrives; on 'ok' the connection counts as open until `release`. */
+  admit(address: string): GateDecision;
+  /** Call when an admitted connection closes. Extra calls for an address with nothing open are ignored. */
+  release(address: string): void;
+  /** Connections admitted and not yet released. */
+  readonly open: number;
+  /** Addresses whose rate is remembered now (bounded by `maxAddresses`). */
+  readonly trackedAddresses: number;
+}
+
+export const DEFAULT_MAX_TRACKED_ADDRESSES = 100_000;
+
+interface Bucket {
+  tokens: number;
+  /** When `tokens` was last brought up to date, by the gate's clock. */
+  at: number;
+}
+
+export function connectionGate(options: ConnectionGateOptions): ConnectionGate {
+  const { perAddressPerSecond: rate, burst, maxConnections, clock } = options;
+  const maxAddresses = options.maxAddresses ?? DEFAULT_MAX_TRACKED_ADDRESSES;
+  if (!(rate > 0) || !(burst >= 1) || !(maxConnections >= 1) || !(maxAddresses >= 1)) {
+    throw new RangeError('connectionGate needs perAddressPerSecond > 0, burst >= 1, maxConnections >= 1 and maxAddresses >= 1');
+  }
+  // A bucket untouched this long has refilled; forgetting it is the same as keeping it.
+  const refilledAfterMs = (burst / rate) * 1000;
+  // Least recently seen first: a Map keeps insertion order, and each visit re-inserts.
+  const buckets = new Map<string, Bucket>();
+  const openByAddress = new Map<string, number>();
+  let open = 0;
+
+  const forgetIdle = (now: number) => {
+    for (const [key, bucket] of buckets) {
+      if (buckets.size <= maxAddresses && now - bucket.at < refilledAfterMs) break;
+      buckets.delete(key);
+    }
+  };
+
+  const takeToken = (key: string, now: number): boolean => {
+    const bucket = buckets.get(key);
+    // A clock that steps back refills nothing rather than draining the bucket.
+    const tokens = bucket ? Math.min(burst, bucket.tokens + (Math.max(0, now - bucket.at) * rate) / 1000) : burst;
+    const allowed = tokens >= 1;
+    buckets.delete(key);
+    buckets.set(key, { tokens: allowed ? tokens - 1 : tokens, at: now });
+    forgetIdle(now);
+    return allowed;
+  };
+
+  return {
+    admit(address) {
+      const key = rateKeyOf(address);
+      // Every attempt costs a token, refused or not: a flood is a flood whether or not we are full.
+      if (!takeToken(key, clock())) return 'rate_limited';
+      if (open >= maxConnections) return 'too_many_connections';
+      open++;
+      openByAddress.set(key, (openByAddress.get(key) ?? 0) + 1);
+      return 'ok';
+    },
+    release(address) {
+      const key = rateKeyOf(address);
+      const count = openByAddress.get(key);
+      if (!count) return;
+      if (count === 1) openByAddress.delete(key);
+      else openByAddress.set(key, count - 1);
+      open--;
+    },
+    get open() {
+      return open;
+    },
+    get trackedAddresses() {
+      return buckets.size;
+    },
+  };
+}
+
+/**
+ * A plain TCP server to listen on in place of `tlsServer`: each connection passes the gate first, and
+ * only admitted ones are handed to `tlsServer` (its documented `emit('connection', socket)`), so a
+ * refused one costs no TLS state and no handshake. Destroying a refused socket inside the TLS
+ * server's own 'connection' event would instead surface as a 'tlsClientError' (ECONNRESET) and be
+ * counted twice. The TLS server keeps its options, `setSecureContext` and handshake timeout; it is
+ * just never listened on itself.
+ */
+export function gatedServer(
+  tlsServer: tls.Server,
+  gate: ConnectionGate,
+  onRefuse: (decision: Exclude<GateDecision, 'ok'>, address: string) => void,
+): net.Server {
+  return net.createServer((socket) => {
+    const address = socket.remoteAddress ?? '';
+    const decision = gate.admit(address);
+    if (decision !== 'ok') {
+      socket.destroy();
+      onRefuse(decision, address);
+      return;
+    }
+    socket.once('close', () => gate.release(address));
+    tlsServer.emit('connection', socket);
+  });
+}
+
+/**
+ * Who a rate applies to. An IPv4-mapped IPv6 address is its IPv4 address; an IPv6 address counts
+ * by its /64, since one host is routinely given a whole /64 and could otherwise pick a fresh
+ * address for every connection.
+ */
+export function rateKeyOf(address: string): string {
+  const bare = address.replace(/%.*$/, '');
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(bare);
+  if (mapped && isIPv4(mapped[1]!)) return mapped[1]!;
+  if (!bare.includes(':')) return bare;
+  const groups = ipv6Groups(bare);
+  return groups ? `${groups.slice(0, 4).join(':')}::/64` : bare;
+}
+
+/** The eight 16-bit groups of an IPv6 address, written out; undefined when it is not one. */
+function ipv6Groups(address: string): string[] | undefined {
+  const halves = address.toLowerCase().split('::');
+  if (halves.length > 2) return undefined;
+  const split = (part: string | undefined) => (part ? part.split(':') : []);
+  const head = split(halves[0]);
+  const tail = split(halves[1]);
+  // A trailing dotted quad (::ffff:1.2.3.4, 64:ff9b::1.2.3.4) fills the last two groups.
+  const width = (groups: string[]) => groups.length + (groups.at(-1)?.includes('.') ? 1 : 0);
+  const missing = 8 - width(head) - width(tail);
+  if (halves.length === 1 ? missing !== 0 : missing < 1) return undefined;
+  const groups = [...head, ...Array<string>(halves.length === 1 ? 0 : missing).fill('0'), ...tail];
+  return groups.map((group) => (/^[0-9a-f]{1,4}$/.test(group) ? parseInt(group, 16).toString(16) : group));
+}
+
+export type PacketRefusal =
+  | { reason: 'packet_too_large'; declaredBytes: number; maxBytes: number }
+  /** A remaining length longer than the four bytes MQTT allows. */
+  | { reason: 'malformed_packet' };
+
+/** The largest packet MQTT can express: a 268,435,455-byte remaining length behind a 5-byte fixed header. */
+export const MQTT_MAX_PACKET_BYTES = 268_435_460;
+
+/**
+ * Follows an MQTT byte stream packet by packet, reading only each fixed header (type byte and
+ * remaining length) and skipping the bodies, so it costs a few operations per packet whatever the
+ * packet holds. Returns a refusal as soon as a header declares a packet larger than `maxBytes`
+ * (fixed header included, as MQTT 5's Maximum Packet Size counts it), before its body arrives.
+ */
+export function packetSizeMeter(maxBytes: number): (chunk: Uint8Array) => PacketRefusal | undefined {
+  let phase: 'type' | 'length' | 'body' = 'type';
+  let remaining = 0;
+  let lengthBytes = 0;
+  let refusal: PacketRefusal | undefined;
+
+  const readLength = (byte: number): PacketRefusal | undefined => {
+    remaining += (byte & 0x7f) * 128 ** lengthBytes++;
+    if (byte & 0x80) return lengthBytes === 4 ? { reason: 'malformed_packet' } : undefined;
+    const declaredBytes = 1 + lengthBytes + remaining;
+    if (declaredBytes > maxBytes) return { reason: 'packet_too_large', declaredBytes, maxBytes };
+    phase = remaining === 0 ? 'type' : 'body';
+    return undefined;
+  };
+
+  return (chunk) => {
+    let at = 0;
+    while (!refusal && at < chunk.length) {
+      if (phase === 'body') {
+        const skipped = Math.min(remaining, chunk.length - at);
+        at += skipped;
+        remaining -= skipped;
+        if (remaining === 0) phase = 'type';
+      } else if (phase === 'type') {
+        at++;
+        phase = 'length';
+        remaining = 0;
+        lengthBytes = 0;
+      } else {
+        refusal = readLength(chunk[at++]!);
+      }
+    }
+    return refusal;
+  };
+}
+
+/**
+ * Closes a connection whose next MQTT packet declares more than `maxBytes`. aedes 1.x has no such
+ * limit (it builds mqtt-packet's parser without options, and the parser has none), and the parser
+ * buffers a whole packet before handing it on, so a client could make us hold up to 256 MB per
+ * connection. Apply to each socket before `aedes.handle(socket)`.
+ *
+ * The guard wraps the socket's own `read()`: aedes consumes in paused mode (`conn.read()` on
+ * 'readable'), so every chunk passes the meter before the parser sees it, and the chunk carrying an
+ * oversized header is withheld; a 'data' listener would only see a chunk as aedes already holds it.
+ * The socket object stays the same, so `client.conn` is still the TLSSocket with its certificate.
+ */
+export function guardPacketSize(socket: Readable, maxBytes: number, onRefuse: (refusal: PacketRefusal) => void): void {
+  const meter = packetSizeMeter(maxBytes);
+  const read = socket.read;
+  let refused = false;
+  socket.read = function guardedRead(this: Readable, size?: number) {
+    const chunk: unknown = read.call(this, size);
+    if (refused || !(chunk instanceof Uint8Array)) return refused ? null : chunk;
+    const refusal = meter(chunk);
+    if (!refusal) return chunk;
+    refused = true;
+    socket.destroy();
+    onRefuse(refusal);
+    return null;
+  };
+}
+
+export type KeepaliveDecision = 'ok' | 'keepalive_too_long';
+
+/**
+ * Whether a CONNECT's keepalive (seconds) is within the broker's bound. Zero means "never check",
+ * which lets a dead device's half-open connection hold a slot forever, so it is refused too. A
+ * `maxSeconds` of 0 turns the bound off.
+ */
+export function checkKeepalive(keepaliveSeconds: number, maxSeconds: number): KeepaliveDecision {
+  if (maxSeconds === 0) return 'ok';
+  return keepaliveSeconds > 0 && keepaliveSeconds <= maxSeconds ? 'ok' : 'keepalive_too_long';
+}
