@@ -51,7 +51,11 @@ async function hostFleet(where: FleetPlace): Promise<{ hosted: Hosted; reply: Ho
     FLEET_DATA_DIR: where.dataDir,
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
+    FLEET_METRICS_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
+    // Every simulated device connects from 127.0.0.1; the per-address limit is for the real world.
+    FLEET_BROKER_CONNECT_RATE: '1000000',
+    FLEET_BROKER_CONNECT_BURST: '1000000',
     ...(where.databaseUrl ? { DATABASE_URL: where.databaseUrl } : {}),
   });
   const fleet = await startFleet(config, silentLogger());
