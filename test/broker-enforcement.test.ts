@@ -21,7 +21,7 @@ before(async () => {
   const policyFile = path.join(await mkdtemp(path.join(os.tmpdir(), 'fleet-policy-')), 'policy.json');
   await writeFile(policyFile, JSON.stringify(policy));
   t = await startTestFleet({
-    env: { FLEET_CERT_LIFETIME_MIN: '1m', FLEET_BROKER_CONNECT_TIMEOUT: '1s', FLEET_BROKER_POLICY: policyFile },
+    env: { FLEET_CERT_LIFETIME_MIN: '1m', FLEET_BROKER_CONNECT_TIMEOUT: '1s', FLEET_BROKER_POLICY: policyFile, FLEET_RENEWAL_OVERLAP: '2s' },
   });
 });
 after(() => t?.close());
@@ -61,6 +61,26 @@ describe('live enforcement', () => {
     assert.equal(again.outcome, 'refused');
     again.client.end(true);
     assert.ok((t.fleet.broker.refusals.get('expired') ?? 0) >= 1, 'counted as expired');
+  });
+
+  test('a session on a renewed certificate ends when the renewal overlap does', async () => {
+    const device = await t.enroll('overlap-1');
+    const session = await connectDevice(port(), 'overlap-1', tlsOf(device));
+    assert.equal(session.outcome, 'connected');
+    const ended = closed(session.client);
+    const fresh = await createDeviceIdentity('overlap-1');
+    const renewed = await t.api('POST', '/v1/renewals', { json: { csr: fresh.csrPem }, tls: { cert: device.certificatePem, key: device.identity.keyPem } });
+    assert.equal(renewed.status, 201, renewed.text);
+    assert.ok(session.client.connected, 'still connected inside the overlap');
+    await ended;
+    const acceptUntil = (await t.api('GET', '/v1/devices/overlap-1', { token: t.adminToken })).json.certificates.find(
+      (c: { serial: string }) => c.serial === device.serial,
+    ).acceptUntil;
+    assert.ok(Date.now() >= Date.parse(acceptUntil), 'closed when the overlap ended, not before');
+    session.client.end(true);
+    const old = await connectDevice(port(), 'overlap-1', tlsOf(device));
+    assert.equal(old.outcome, 'refused');
+    old.client.end(true);
   });
 
   test('a resumed TLS session of a revoked certificate is still refused', async () => {
