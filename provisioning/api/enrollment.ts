@@ -8,6 +8,7 @@ import { fingerprintOf, pemChain } from '../../core/pki/x509.js';
 import type { ProvisioningDeps } from '../deps.js';
 import { enroll, type Issued, renew } from '../enrollment.js';
 import { IssuedCertificate, Lifetime, problemResponses } from './schemas.js';
+import { mapLimited } from '../../core/concurrency.js';
 
 export const MAX_BATCH_ENROLLMENTS = 1000;
 /** Enrollments of one batch request run this many at a time, leaving pool connections for others. */
@@ -85,19 +86,6 @@ export function issuedBody(deps: ProvisioningDeps, issued: Issued) {
   };
 }
 
-/** Runs fn over items with at most `limit` in flight, keeping results in order. */
-async function mapLimited<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await fn(items[index]!, index);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}
 
 export const tlsSocketOf = (env: unknown): TLSSocket => (env as HttpBindings).incoming.socket as TLSSocket;
 

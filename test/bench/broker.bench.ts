@@ -15,6 +15,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { createDeviceIdentity } from '../../device-sim/identity.js';
 import { testDatabase } from '../support/fleet.js';
 import type { FleetPlace, HostReply, HostRequest, Snapshot } from './broker-host.js';
+import { mapLimited } from '../../core/concurrency.js';
 
 const HELP = `Usage: npm run bench:broker -- [options]
 
@@ -82,19 +83,6 @@ function readOptions(argv: string[]): Options | 'help' {
   return options;
 }
 
-/** Runs fn over items with at most `limit` in flight, keeping results in order. */
-async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await fn(items[index]!, index);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
