@@ -248,3 +248,23 @@ describe('trust bundle', () => {
     await fine.client.endAsync();
   });
 });
+
+describe('re-enrollment', () => {
+  test('a device enrolled again stops being admitted with its old certificate, even one the broker has cached', async () => {
+    const old = await t.enroll('reenrolled');
+    const first = await connectDevice(port(), 'reenrolled', tlsOf(old));
+    assert.equal(first.outcome, 'connected', 'the old certificate is now in the broker cache');
+    const ended = closed(first.client);
+    const grant = await t.api('POST', '/v1/devices/reenrolled/enrollment-token', { token: t.adminToken });
+    assert.equal(grant.status, 201, grant.text);
+    const fresh = await enrollWith('reenrolled', { token: grant.json.enrollmentToken });
+    await ended;
+    first.client.end(true);
+    const again = await connectDevice(port(), 'reenrolled', tlsOf(old));
+    assert.equal(again.outcome, 'refused', 'the superseded certificate is refused');
+    again.client.end(true);
+    const now = await connectDevice(port(), 'reenrolled', tlsOf(fresh));
+    assert.equal(now.outcome, 'connected');
+    await now.client.endAsync();
+  });
+});

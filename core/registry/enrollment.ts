@@ -20,10 +20,17 @@ const MARK_TOKEN_USED = `
 
 const ACTIVATE_DEVICE = `UPDATE devices SET status = 'active', updated_at = $2 WHERE id = $1`;
 
-/** A device enrolled again (after an operator re-issued a token) stops using what it held before. */
+/**
+ * A device enrolled again (after an operator re-issued a token) stops using what it held before, at
+ * once; the change rows tell the broker to drop those certificates from its cache and sessions.
+ */
 const SUPERSEDE_OTHERS = `
-  UPDATE certificates SET status = 'superseded', superseded_at = $3, accept_until = $3, replaced_by = $2
-  WHERE device_id = $1 AND status = 'active' AND serial <> $2`;
+  WITH superseded AS (
+    UPDATE certificates SET status = 'superseded', superseded_at = $3, accept_until = $3, replaced_by = $2
+    WHERE device_id = $1 AND status = 'active' AND serial <> $2
+    RETURNING serial)
+  INSERT INTO registry_changes (at, kind, device_id, certificate_serial)
+  SELECT $3, 'certificate_superseded', $1, serial FROM superseded`;
 
 export interface EnrollmentRequest {
   token: string;
