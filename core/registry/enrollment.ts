@@ -81,6 +81,10 @@ export async function enrollWithToken(
     if (token.device_status === 'revoked') {
       throw new FleetError('device_revoked', 403, `device ${deviceId} is revoked and cannot enroll`);
     }
+    // Enrolling must not lift a hold: an operator resumes the device first.
+    if (token.device_status === 'suspended') {
+      throw new FleetError('device_suspended', 403, `device ${deviceId} is suspended; an operator must resume it before it enrolls`);
+    }
     if (token.used_at) {
       const replay = token.csr_sha256 === request.csrSha256 ? (await tx.query(SELECT_ISSUED, [token.certificate_serial])).rows[0] : undefined;
       if (replay && replay.status !== 'revoked') return { deviceId, certificate: toRecord(replay), replayed: true };
