@@ -87,8 +87,8 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       if (serial && session.identity.serial !== serial) continue;
       const identity = await findIdentityByFingerprint(deps.pool, session.fingerprint);
       const decision = decideAdmission(identity, session.identity.deviceId, clock());
-      if (!identity || !decision.admitted) sessions.end(session, decision.admitted ? 'revoked' : closeReasonOf(decision.reason));
-      else sessions.rearm(session, identity);
+      if (decision.admitted) sessions.rearm(session, identity!);
+      else sessions.end(session, closeReasonOf(decision.reason));
     }
   };
 
