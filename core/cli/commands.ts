@@ -24,6 +24,7 @@ import {
   suspendDevice,
 } from '../registry/index.js';
 import { bulkFromCsv, tokensAsCsv } from '../../provisioning/api/bulk.js';
+import { registerSimCommand } from '../../device-sim/cli.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -216,6 +217,8 @@ export function registerCommands(program: Command): void {
       const device = await withRegistry((db) => resumeDevice(db.pool, { deviceId: id, actor: cliActor(), now: new Date() }));
       explain(`${device.id} is ${device.status}.`);
     });
+
+  registerSimCommand(program);
 }
 
 async function readStdin(): Promise<string> {

@@ -1,0 +1,306 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { loadConfig } from '../core/config.js';
+import { type RunningFleet, startFleet } from '../core/fleet.js';
+import { createLogger, stderrDestination } from '../core/log.js';
+import { createOperatorToken } from '../core/registry/index.js';
+import { FleetApi } from './api.js';
+import { addCounters, type Counters, DEVICE_STATES, type DeviceState, emptyCounters, percentiles } from './counters.js';
+import { type PlannedDevice, provisionFleet } from './factory.js';
+import { type ProfileChoice, profileFor } from './profiles.js';
+import { htmlReport, summaryTable, type SimReport, type TimelinePoint } from './report.js';
+import { ensureStateDir, type StoredIdentity } from './state.js';
+import type { WorkerOrder, WorkerReport } from './worker.js';
+
+export interface SimOptions {
+  devices: number;
+  /** The backend; unset starts one in this process on the embedded default. */
+  api?: string;
+  broker?: string;
+  /** The root CA, PEM text (the CLI reads --ca for it). */
+  caPem?: string;
+  token?: string;
+  state: string;
+  /** Device ids are <prefix>-000001 …; the same prefix and state directory reuse the same fleet. */
+  prefix: string;
+  ramp: number;
+  rate: number;
+  size: number;
+  lifetime?: string;
+  profile: ProfileChoice;
+  workers: number;
+  /** Seconds to run once the devices start; 0 runs until `signal` aborts. */
+  duration: number;
+  batch?: string;
+  /** A live progress line on stderr. */
+  progress: boolean;
+  html?: string;
+  onProgress?: (snapshot: Progress) => void;
+  signal?: AbortSignal;
+}
+
+export interface Progress {
+  elapsedSeconds: number;
+  states: Record<DeviceState, number>;
+  counters: Counters;
+}
+
+export const DEFAULT_OPTIONS: Omit<SimOptions, 'devices'> = {
+  state: './data/sim',
+  prefix: 'sim',
+  ramp: 200,
+  rate: 0.2,
+  size: 128,
+  profile: 'mixed',
+  workers: os.availableParallelism(),
+  duration: 60,
+  progress: true,
+};
+
+interface Backend {
+  apiUrl: string;
+  brokerHost: string;
+  brokerPort: number;
+  rootPem: string;
+  token: string;
+  close(): Promise<void>;
+}
+
+/**
+ * The embedded default in this process, set for a simulator: free ports, and a per-address connect
+ * limit raised out of the way since every simulated device connects from 127.0.0.1.
+ */
+async function startEmbeddedBackend(lifetime: string | undefined): Promise<Backend> {
+  const config = loadConfig({
+    ...process.env,
+    FLEET_API_PORT: '0',
+    FLEET_BROKER_PORT: '0',
+    FLEET_METRICS_PORT: '0',
+    FLEET_BROKER_CONNECT_RATE: '1000000',
+    FLEET_BROKER_CONNECT_BURST: '1000000',
+    ...(lifetime ? { FLEET_CERT_LIFETIME: lifetime, FLEET_CERT_LIFETIME_MIN: lifetime } : {}),
+  });
+  // Logs go to stderr: stdout's last line belongs to the JSON report.
+  const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+  const fleet: RunningFleet = await startFleet(config, log);
+  const operator = await createOperatorToken(fleet.db.pool, { name: 'device-sim', role: 'operator', actor: 'cli:device-sim', now: new Date() });
+  return {
+    apiUrl: `https://localhost:${fleet.api.port}`,
+    brokerHost: 'localhost',
+    brokerPort: fleet.broker.port,
+    rootPem: fleet.ca.rootPem,
+    token: operator.token,
+    close: () => fleet.close(),
+  };
+}
+
+function externalBackend(options: SimOptions): Backend {
+  if (!options.broker || !options.caPem || !options.token) throw new Error('--api needs --broker, --ca and --token as well');
+  const broker = new URL(options.broker);
+  if (broker.protocol !== 'mqtts:') throw new Error(`--broker must be an mqtts:// URL, got ${options.broker}`);
+  return {
+    apiUrl: options.api!.replace(/\/$/, ''),
+    brokerHost: broker.hostname,
+    brokerPort: Number(broker.port || 8883),
+    rootPem: options.caPem,
+    token: options.token,
+    close: async () => {},
+  };
+}
+
+export function planFleet(count: number, prefix: string, profile: ProfileChoice): PlannedDevice[] {
+  return Array.from({ length: count }, (_, i) => ({ id: `${prefix}-${String(i + 1).padStart(6, '0')}`, profile: profileFor(profile, i).name }));
+}
+
+/** Runs the simulated fleet against a backend and returns the report; the CLI wraps this. */
+export async function runSimulation(input: Partial<SimOptions> & { devices: number }): Promise<SimReport> {
+  const options: SimOptions = { ...DEFAULT_OPTIONS, ...input };
+  const backend = options.api ? externalBackend(options) : await startEmbeddedBackend(options.lifetime);
+  const api = new FleetApi(backend.apiUrl, backend.rootPem, backend.token);
+  const say = (text: string) => options.progress && process.stderr.isTTY && process.stderr.write(`\r\x1b[2K${text}`);
+  try {
+    await ensureStateDir(options.state);
+    const planned = planFleet(options.devices, options.prefix, options.profile);
+    const factory = await provisionFleet(api, options.state, planned, {
+      lifetime: options.lifetime,
+      batch: options.batch,
+      onEnrolling: (n) => say(`enrolling ${n} devices (key, CSR, bulk registration, batch enrollment)…`),
+    });
+    const run = await runWorkers(options, backend, factory.ready, say);
+    const counters = run.counters;
+    for (const [reason, n] of Object.entries(factory.failures)) counters.failures[reason] = (counters.failures[reason] ?? 0) + n;
+    const report: SimReport = {
+      devices: options.devices,
+      connected: run.connectedAtEnd,
+      enrolled: factory.enrolled,
+      reused: factory.reused,
+      revoked: factory.revoked.length + run.revoked.length,
+      revokedDevices: [...factory.revoked, ...run.revoked].sort(),
+      expired: factory.expired.length + (run.finalStates.expired ?? 0),
+      expiredDevices: factory.expired,
+      durationSeconds: run.seconds,
+      workers: run.workers,
+      profile: options.profile,
+      handshakeMs: percentiles(run.handshakeMs),
+      connackMs: percentiles(run.connackMs),
+      connectRate: run.connectRate,
+      connectAttempts: counters.connectAttempts,
+      connects: counters.connects,
+      publishes: counters.publishes,
+      lostOnLink: counters.lostOnLink,
+      linkDrops: counters.linkDrops,
+      renewals: counters.renewals,
+      renewalFailures: counters.renewalFailures,
+      commandsAnswered: counters.commandsAnswered,
+      failures: counters.failures,
+      timeline: run.timeline,
+    };
+    if (options.html) await writeFile(options.html, htmlReport(report, options));
+    say('');
+    return report;
+  } finally {
+    api.close();
+    await backend.close();
+  }
+}
+
+interface WorkerRun {
+  seconds: number;
+  workers: number;
+  connectedAtEnd: number;
+  finalStates: Record<DeviceState, number>;
+  counters: Counters;
+  handshakeMs: number[];
+  connackMs: number[];
+  connectRate: number | null;
+  revoked: string[];
+  timeline: TimelinePoint[];
+}
+
+/** Splits the fleet over worker threads, follows their reports each second, and stops them at the end. */
+async function runWorkers(options: SimOptions, backend: Backend, ready: StoredIdentity[], say: (text: string) => void): Promise<WorkerRun> {
+  const count = Math.max(1, Math.min(options.workers, ready.length));
+  const shares: StoredIdentity[][] = Array.from({ length: count }, () => []);
+  ready.forEach((identity, i) => shares[i % count]!.push(identity));
+  const latest: WorkerReport[] = [];
+  const handshakeMs: number[] = [];
+  const connackMs: number[] = [];
+  const revoked: string[] = [];
+  const timeline: TimelinePoint[] = [];
+  const started = Date.now();
+  let fullyConnectedAt: number | undefined;
+  let lastConnects = 0;
+
+  const workers = shares.map((devices, index) => {
+    const order: WorkerOrder = {
+      devices,
+      apiUrl: backend.apiUrl,
+      rootPem: backend.rootPem,
+      operatorToken: backend.token,
+      brokerHost: backend.brokerHost,
+      brokerPort: backend.brokerPort,
+      stateDir: options.state,
+      rate: options.rate,
+      size: options.size,
+      lifetime: options.lifetime,
+      ramp: options.ramp / count,
+    };
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: order });
+    const finished = new Promise<void>((resolve, reject) => {
+      worker.on('message', (report: WorkerReport) => {
+        latest[index] = report;
+        handshakeMs.push(...report.handshakeMs);
+        connackMs.push(...report.connackMs);
+        revoked.push(...report.revoked);
+        if (report.type === 'final') resolve();
+      });
+      worker.once('error', reject);
+      worker.once('exit', () => resolve());
+    });
+    return { worker, finished };
+  });
+
+  const sum = () => {
+    const states = Object.fromEntries(DEVICE_STATES.map((s) => [s, 0])) as Record<DeviceState, number>;
+    const counters = emptyCounters();
+    for (const report of latest) {
+      if (!report) continue;
+      for (const s of DEVICE_STATES) states[s] += report.states[s];
+      addCounters(counters, report.counters);
+    }
+    return { states, counters };
+  };
+
+  let intervalHandshake = 0;
+  let intervalConnack = 0;
+  let lastStates = sum().states;
+  const follow = setInterval(() => {
+    const { states, counters } = sum();
+    lastStates = states;
+    const elapsed = (Date.now() - started) / 1000;
+    const live = states.connected + states.renewing;
+    if (fullyConnectedAt === undefined && live >= ready.length && ready.length > 0) fullyConnectedAt = elapsed;
+    const window = (from: number, samples: number[]) => percentiles(samples.slice(from));
+    timeline.push({
+      t: Math.round(elapsed),
+      connected: live,
+      connectsPerSecond: counters.connects - lastConnects,
+      handshakeP95: window(intervalHandshake, handshakeMs).p95,
+      connackP95: window(intervalConnack, connackMs).p95,
+      renewals: counters.renewals,
+    });
+    intervalHandshake = handshakeMs.length;
+    intervalConnack = connackMs.length;
+    lastConnects = counters.connects;
+    options.onProgress?.({ elapsedSeconds: elapsed, states, counters });
+    say(progressLine(elapsed, ready.length, states, counters));
+  }, 1000);
+
+  await waitForEnd(options);
+  clearInterval(follow);
+  const seconds = (Date.now() - started) / 1000;
+  for (const { worker } of workers) worker.postMessage({ type: 'stop' });
+  await Promise.all(workers.map((w) => w.finished));
+  await Promise.all(workers.map((w) => w.worker.terminate()));
+  const final = sum();
+  const rampSeconds = fullyConnectedAt ?? seconds;
+  return {
+    seconds: Math.round(seconds * 10) / 10,
+    workers: count,
+    connectedAtEnd: lastStates.connected + lastStates.renewing,
+    finalStates: final.states,
+    counters: final.counters,
+    handshakeMs,
+    connackMs,
+    // Connections per second until the whole fleet was first connected (all of the run if never).
+    connectRate: rampSeconds > 0 ? Math.round((Math.min(final.counters.connects, ready.length) / rampSeconds) * 10) / 10 : null,
+    revoked,
+    timeline,
+  };
+}
+
+function waitForEnd(options: SimOptions): Promise<void> {
+  return new Promise((resolve) => {
+    if (options.signal?.aborted) return resolve();
+    const timer = options.duration > 0 ? setTimeout(resolve, options.duration * 1000) : undefined;
+    options.signal?.addEventListener('abort', () => {
+      if (timer) clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+function progressLine(elapsed: number, total: number, states: Record<DeviceState, number>, counters: Counters): string {
+  const failures = Object.entries(counters.failures)
+    .map(([reason, n]) => `${reason} ${n}`)
+    .join(', ');
+  return (
+    `[${Math.round(elapsed)}s] connected ${states.connected + states.renewing}/${total}  connecting ${states.connecting}  ` +
+    `renewing ${states.renewing}  backoff ${states.backoff}  revoked ${states.revoked}  expired ${states.expired}  ` +
+    `pub ${counters.publishes}  renewals ${counters.renewals}` + (failures ? `  failed: ${failures}` : '')
+  );
+}
+
+export { summaryTable };
+export const readCa = (file: string) => readFile(file, 'utf8');

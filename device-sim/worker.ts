@@ -1,0 +1,99 @@
+/**
+ * A worker thread running its share of the simulated fleet, so the simulator's own TLS and MQTT work
+ * spreads over the cores instead of queueing on one event loop. It reports to the parent each second.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { FleetApi } from './api.js';
+import { type Counters, DEVICE_STATES, type DeviceState, emptyCounters } from './counters.js';
+import { type DeviceEnvironment, SimDevice } from './device.js';
+import { type HardwareProfile, PROFILES, Semaphore } from './profiles.js';
+import type { StoredIdentity } from './state.js';
+
+export interface WorkerOrder {
+  devices: StoredIdentity[];
+  apiUrl: string;
+  rootPem: string;
+  operatorToken: string;
+  brokerHost: string;
+  brokerPort: number;
+  stateDir: string;
+  rate: number;
+  size: number;
+  lifetime?: string;
+  /** This worker's share of the fleet-wide ramp, connections per second. */
+  ramp: number;
+}
+
+export interface WorkerReport {
+  type: 'tick' | 'final';
+  states: Record<DeviceState, number>;
+  counters: Counters;
+  /** Latency samples since the last report, milliseconds. */
+  handshakeMs: number[];
+  connackMs: number[];
+  revoked: string[];
+}
+
+export type ParentMessage = { type: 'stop' };
+
+const REPORT_EVERY_MS = 1000;
+
+async function run(order: WorkerOrder): Promise<void> {
+  const counters = emptyCounters();
+  const engines = new Map<string, Semaphore>();
+  let handshakeMs: number[] = [];
+  let connackMs: number[] = [];
+  const revoked: string[] = [];
+  const api = new FleetApi(order.apiUrl, order.rootPem, order.operatorToken);
+  const env: DeviceEnvironment = {
+    api,
+    rootPem: order.rootPem,
+    brokerHost: order.brokerHost,
+    brokerPort: order.brokerPort,
+    stateDir: order.stateDir,
+    rate: order.rate,
+    size: order.size,
+    lifetime: order.lifetime,
+    counters,
+    cryptoEngine(profile: HardwareProfile) {
+      let engine = engines.get(profile.name);
+      if (!engine) engines.set(profile.name, (engine = new Semaphore(profile.cryptoConcurrency)));
+      return engine;
+    },
+    recordLatency: (kind, ms) => (kind === 'handshake' ? handshakeMs : connackMs).push(ms),
+    onRevoked: (id) => revoked.push(id),
+  };
+  const devices = order.devices.map((identity) => new SimDevice(identity, PROFILES[identity.profile as HardwareProfile['name']] ?? PROFILES.gateway, env));
+
+  const report = (type: WorkerReport['type']) => {
+    const states = Object.fromEntries(DEVICE_STATES.map((s) => [s, 0])) as Record<DeviceState, number>;
+    for (const device of devices) states[device.state]++;
+    const message: WorkerReport = { type, states, counters, handshakeMs, connackMs, revoked: revoked.splice(0) };
+    handshakeMs = [];
+    connackMs = [];
+    parentPort!.postMessage(message);
+  };
+  const reporter = setInterval(() => report('tick'), REPORT_EVERY_MS);
+
+  // The ramp: one device starts every 1/ramp seconds, so the broker sees a bounded connect rate.
+  let next = 0;
+  const gap = 1000 / order.ramp;
+  const started = Date.now();
+  const ramp = setInterval(() => {
+    const due = Math.min(devices.length, Math.floor((Date.now() - started) / gap) + 1);
+    while (next < due) devices[next++]!.start();
+    if (next >= devices.length) clearInterval(ramp);
+  }, Math.max(5, Math.min(100, gap)));
+
+  parentPort!.on('message', async (message: ParentMessage) => {
+    if (message.type !== 'stop') return;
+    clearInterval(ramp);
+    clearInterval(reporter);
+    await Promise.all(devices.map((d) => d.stop()));
+    api.close();
+    report('final');
+    parentPort!.close();
+  });
+}
+
+if (parentPort) void run(workerData as WorkerOrder);
