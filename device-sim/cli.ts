@@ -1,8 +1,8 @@
 import os from 'node:os';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../core/duration.js';
-import { PROFILE_CHOICES, type ProfileChoice } from './profiles.js';
-import { DEFAULT_OPTIONS, readCa, runSimulation, summaryTable } from './run.js';
+import { PROFILE_CHOICES } from './profiles.js';
+import { DEFAULT_OPTIONS, readCa, runSimulation, type SimOptions, summaryTable } from './run.js';
 
 const number = (min: number, whole = false) => (text: string) => {
   const n = Number(text);
@@ -15,25 +15,8 @@ const lifetime = (text: string) => {
   return text;
 };
 
-interface CliOptions {
-  devices: number;
-  api?: string;
-  broker?: string;
-  ca?: string;
-  token?: string;
-  state: string;
-  prefix: string;
-  ramp: number;
-  rate: number;
-  size: number;
-  lifetime?: string;
-  profile: ProfileChoice;
-  workers: number;
-  duration: number;
-  batch?: string;
-  json: boolean;
-  html?: string;
-}
+/** The simulation's options as the command line spells them: a CA file instead of PEM text, and --json. */
+type CliOptions = Omit<SimOptions, 'caPem' | 'progress' | 'onProgress' | 'signal'> & { ca?: string; json: boolean };
 
 export function registerSimCommand(program: Command): void {
   program

@@ -1,6 +1,7 @@
 import type { FleetApi } from './api.js';
 import { createDeviceIdentity, type DeviceIdentity } from './identity.js';
 import { loadIdentity, saveIdentity, type StoredIdentity } from './state.js';
+import { mapLimited } from '../core/concurrency.js';
 
 /** The API's own limits: bulk registration takes 10,000 rows, batch enrollment 1,000. */
 const BULK_CHUNK = 10_000;
@@ -24,18 +25,6 @@ export interface FactoryResult {
   failures: Record<string, number>;
 }
 
-export async function mapLimited<T, R>(items: T[], limit: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const lane = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await work(items[index]!, index);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-  return results;
-}
 
 /**
  * The factory line: reuse every device the state directory knows; for the others, each device makes

@@ -1,3 +1,4 @@
+import type { Counters } from './counters.js';
 import type { SimOptions } from './run.js';
 
 type Percentiles = { p50: number | null; p95: number | null; p99: number | null; count: number };
@@ -11,7 +12,7 @@ export interface TimelinePoint {
   renewals: number;
 }
 
-export interface SimReport {
+export interface SimReport extends Counters {
   devices: number;
   /** Devices with a live session at the end of the run. */
   connected: number;
@@ -30,15 +31,6 @@ export interface SimReport {
   /** From the TLS session being up to CONNACK: the broker's admission (registry, policy). */
   connackMs: Percentiles;
   connectRate: number | null;
-  connectAttempts: number;
-  connects: number;
-  publishes: number;
-  lostOnLink: number;
-  linkDrops: number;
-  renewals: number;
-  renewalFailures: number;
-  commandsAnswered: number;
-  failures: Record<string, number>;
   timeline: TimelinePoint[];
 }
 

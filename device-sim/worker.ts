@@ -9,17 +9,11 @@ import { type DeviceEnvironment, SimDevice } from './device.js';
 import { type HardwareProfile, PROFILES, Semaphore } from './profiles.js';
 import type { StoredIdentity } from './state.js';
 
-export interface WorkerOrder {
+/** What a worker is sent: the environment's plain fields (the rest is built in the worker), and its devices. */
+export interface WorkerOrder extends Pick<DeviceEnvironment, 'rootPem' | 'brokerHost' | 'brokerPort' | 'stateDir' | 'rate' | 'size' | 'lifetime'> {
   devices: StoredIdentity[];
   apiUrl: string;
-  rootPem: string;
   operatorToken: string;
-  brokerHost: string;
-  brokerPort: number;
-  stateDir: string;
-  rate: number;
-  size: number;
-  lifetime?: string;
   /** This worker's share of the fleet-wide ramp, connections per second. */
   ramp: number;
 }
