@@ -21,7 +21,9 @@ export interface KeyStore {
 
 export const PASSPHRASE_VARIABLE = 'FLEET_CA_PASSPHRASE';
 
-const ENCRYPTED_PEM = '-----BEGIN ENCRYPTED PRIVATE KEY-----';
+/** The PEM label of encrypted PKCS#8 (RFC 7468 section 11). */
+const ENCRYPTED_LABEL = 'ENCRYPTED PRIVATE KEY';
+const pemLabel = (contents: string): string | undefined => /^-----BEGIN ([A-Z0-9 ]+)-----/.exec(contents.trimStart())?.[1];
 /** PKCS#8 PBES2: PBKDF2-HMAC-SHA256 key derivation, AES-256-CBC, which openssl and every PKCS#8 reader accept. */
 const CIPHER = 'aes-256-cbc';
 
@@ -47,7 +49,7 @@ export function fileKeyStore(dir: string, options: { passphrase?: string; log: L
       const file = fileOf(name);
       if (!existsSync(file)) return undefined;
       const contents = await readFile(file, 'utf8');
-      if (contents.trimStart().startsWith(ENCRYPTED_PEM)) return decrypt(file, contents, passphrase);
+      if (pemLabel(contents) === ENCRYPTED_LABEL) return decrypt(file, contents, passphrase);
       if (passphrase === undefined) return contents;
       const pem = plainPkcs8(parsePlain(file, contents));
       await store(file, pem);
