@@ -63,8 +63,6 @@ const SELECT_REVOKED = `
   SELECT serial, revoked_at, revocation_reason FROM certificates
   WHERE status IN ('revoked', 'suspended') AND issuer = $1 ORDER BY revoked_at, serial`;
 
-const SELECT_LATEST_CHANGE = `SELECT coalesce(max(seq), 0) AS seq FROM registry_changes`;
-
 const REVOKE_ONE = `
   UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3
   WHERE serial = $1 AND status <> 'revoked'
@@ -140,23 +138,10 @@ export async function revokeCertificate(
   });
 }
 
-export interface RevocationList {
-  /** The registry change the list reflects: a CRL signed for an older one is out of date. */
-  changeSeq: number;
-  entries: { serial: string; revokedAt: Date; reason: number }[];
-}
-
-/**
- * What `issuer` (an issuing CA's subject) has revoked or holds. The change number is read before the entries: a revocation landing in between only adds an entry
- * early, and the next CRL is signed for the newer change anyway.
- */
-export async function revocationList(q: Queryable, issuer: string): Promise<RevocationList> {
-  const { rows } = await q.query(SELECT_LATEST_CHANGE);
-  const revoked = await q.query(SELECT_REVOKED, [issuer]);
-  return {
-    changeSeq: Number(rows[0]?.seq ?? 0),
-    entries: revoked.rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.revocation_reason })),
-  };
+/** What `issuer` (an issuing CA's subject) has revoked or holds, for its CRL. */
+export async function revokedEntries(q: Queryable, issuer: string): Promise<{ serial: string; revokedAt: Date; reason: number }[]> {
+  const { rows } = await q.query(SELECT_REVOKED, [issuer]);
+  return rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.revocation_reason }));
 }
 
 const NEXT_CRL_NUMBER = `SELECT nextval('crl_numbers') AS n`;

@@ -13,6 +13,7 @@ import {
   revokeBatch,
   revokeCertificate,
   revokeDevice,
+  type Device as RegistryDevice,
   type RevocationReason as RevocationReasonName,
   SERVICE_ROLE_PATTERN,
   suspendDevice,
@@ -131,6 +132,13 @@ const revokeBatchRoute = createRoute({
   },
 });
 
+/** A device with its one-time enrollment token: the answer to every route that hands one out. */
+const tokenGrantBody = (g: { device: RegistryDevice; enrollmentToken: string; enrollmentTokenExpiresAt: Date }) => ({
+  device: isoDates(g.device),
+  enrollmentToken: g.enrollmentToken,
+  enrollmentTokenExpiresAt: g.enrollmentTokenExpiresAt.toISOString(),
+});
+
 /** With an optional body the validator does not run when none is sent, so the default lives here. */
 const reasonOf = (body: unknown): RevocationReasonName => (body as { reason?: RevocationReasonName } | undefined)?.reason ?? 'unspecified';
 
@@ -169,8 +177,7 @@ export function deviceRoutes(deps: ProvisioningDeps) {
   app.openapi(register, async (c) => {
     const { id, profile, metadata } = c.req.valid('json');
     const registered = await registerDevice(deps.pool, { deviceId: id, profile, metadata, tokenTtlMs: deps.enrollmentTokenTtlMs, ...who(c) });
-    const { device, enrollmentToken, enrollmentTokenExpiresAt } = registered;
-    return c.json({ device: isoDates(device), enrollmentToken, enrollmentTokenExpiresAt: enrollmentTokenExpiresAt.toISOString() }, 201);
+    return c.json(tokenGrantBody(registered), 201);
   });
 
   // Service identities read across the fleet, so only admins create them.
@@ -178,8 +185,7 @@ export function deviceRoutes(deps: ProvisioningDeps) {
   app.openapi(registerService, async (c) => {
     const { id, role } = c.req.valid('json');
     const registered = await registerDevice(deps.pool, { deviceId: id, serviceRole: role, tokenTtlMs: deps.enrollmentTokenTtlMs, ...who(c) });
-    const { device, enrollmentToken, enrollmentTokenExpiresAt } = registered;
-    return c.json({ device: isoDates(device), enrollmentToken, enrollmentTokenExpiresAt: enrollmentTokenExpiresAt.toISOString() }, 201);
+    return c.json(tokenGrantBody(registered), 201);
   });
 
   app.openapi(show, async (c) => {
@@ -208,8 +214,7 @@ export function deviceRoutes(deps: ProvisioningDeps) {
 
   app.openapi(reenroll, async (c) => {
     const granted = await reissueEnrollmentToken(deps.pool, { deviceId: c.req.valid('param').id, tokenTtlMs: deps.enrollmentTokenTtlMs, ...who(c) });
-    const { device, enrollmentToken, enrollmentTokenExpiresAt } = granted;
-    return c.json({ device: isoDates(device), enrollmentToken, enrollmentTokenExpiresAt: enrollmentTokenExpiresAt.toISOString() }, 201);
+    return c.json(tokenGrantBody(granted), 201);
   });
 
   app.openapi(showCertificate, async (c) => {
