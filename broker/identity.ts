@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { type CertificateIdentity, findIdentityByFingerprint } from '../core/registry/index.js';
-import type { ChangeFollower } from './changes.js';
+import type { ChangeFollower } from '../core/registry/index.js';
 import type { IdentityCache } from './identity-cache.js';
 
 /** How often a lookup is retried when registry changes keep arriving while it runs. */

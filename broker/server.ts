@@ -8,7 +8,7 @@ import { secureContextOptions } from '../core/pki/tls.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
 import { findIdentityByFingerprint, forgetConnections, type RegistryChange } from '../core/registry/index.js';
 import { decideAdmission, type Refusal } from './admission.js';
-import type { ChangeFollower } from './changes.js';
+import type { ChangeFollower } from '../core/registry/index.js';
 import { IdentityCache } from './identity-cache.js';
 import { identityResolver, RegistryUnavailable } from './identity.js';
 import { mayPublish, maySubscribe, rulesFor, type TopicPolicy, type TopicRules } from './policy.js';

@@ -2,7 +2,7 @@ import os from 'node:os';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../core/duration.js';
 import { PROFILE_CHOICES } from './profiles.js';
-import { DEFAULT_OPTIONS, readCa, runSimulation, type SimOptions, summaryTable } from './run.js';
+import { type Backend, DEFAULT_OPTIONS, readCa, runSimulation, type SimOptions, summaryTable } from './run.js';
 
 const number = (min: number, whole = false) => (text: string) => {
   const n = Number(text);
@@ -16,9 +16,10 @@ const lifetime = (text: string) => {
 };
 
 /** The simulation's options as the command line spells them: a CA file instead of PEM text, and --json. */
-type CliOptions = Omit<SimOptions, 'caPem' | 'progress' | 'onProgress' | 'signal'> & { ca?: string; json: boolean };
+type CliOptions = Omit<SimOptions, 'caPem' | 'progress' | 'onProgress' | 'signal' | 'startBackend'> & { ca?: string; json: boolean };
 
-export function registerSimCommand(program: Command): void {
+/** `startBackend` runs the backend in this process when --api is not given. */
+export function registerSimCommand(program: Command, startBackend: (lifetime: string | undefined) => Promise<Backend>): void {
   program
     .command('sim')
     .description('simulate a fleet of devices: enroll, connect over mTLS, publish, answer commands, renew, react to revocation')
@@ -65,6 +66,7 @@ Examples:
         caPem: o.ca ? await readCa(o.ca) : undefined,
         progress: true,
         signal: abort.signal,
+        startBackend,
       });
       process.stderr.write('\n' + summaryTable(report));
       if (o.html) process.stderr.write(`HTML report: ${o.html}\n`);

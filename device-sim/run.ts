@@ -1,10 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { loadConfig } from '../core/config.js';
-import { type RunningFleet, startFleet } from '../core/fleet.js';
-import { createLogger, stderrDestination } from '../core/log.js';
-import { createOperatorToken } from '../core/registry/index.js';
 import { FleetApi } from './api.js';
 import { addCounters, type Counters, DEVICE_STATES, type DeviceState, emptyCounters, percentiles } from './counters.js';
 import { type PlannedDevice, provisionFleet } from './factory.js';
@@ -38,6 +34,8 @@ export interface SimOptions {
   html?: string;
   onProgress?: (snapshot: Progress) => void;
   signal?: AbortSignal;
+  /** Starts a backend in this process when `api` is unset; the CLI passes the one it wires. */
+  startBackend?: (lifetime: string | undefined) => Promise<Backend>;
 }
 
 export interface Progress {
@@ -58,7 +56,8 @@ export const DEFAULT_OPTIONS: Omit<SimOptions, 'devices'> = {
   progress: true,
 };
 
-interface Backend {
+/** Where the simulated devices enroll and connect. */
+export interface Backend {
   apiUrl: string;
   brokerHost: string;
   brokerPort: number;
@@ -67,32 +66,9 @@ interface Backend {
   close(): Promise<void>;
 }
 
-/**
- * The embedded default in this process, set for a simulator: free ports, and a per-address connect
- * limit raised out of the way since every simulated device connects from 127.0.0.1.
- */
-async function startEmbeddedBackend(lifetime: string | undefined): Promise<Backend> {
-  const config = loadConfig({
-    ...process.env,
-    FLEET_API_PORT: '0',
-    FLEET_BROKER_PORT: '0',
-    FLEET_METRICS_PORT: '0',
-    FLEET_BROKER_CONNECT_RATE: '1000000',
-    FLEET_BROKER_CONNECT_BURST: '1000000',
-    ...(lifetime ? { FLEET_CERT_LIFETIME: lifetime, FLEET_CERT_LIFETIME_MIN: lifetime } : {}),
-  });
-  // Logs go to stderr: stdout's last line belongs to the JSON report.
-  const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
-  const fleet: RunningFleet = await startFleet(config, log);
-  const operator = await createOperatorToken(fleet.db.pool, { name: 'device-sim', role: 'operator', actor: 'cli:device-sim', now: new Date() });
-  return {
-    apiUrl: `https://localhost:${fleet.api.port}`,
-    brokerHost: 'localhost',
-    brokerPort: fleet.broker.port,
-    rootPem: fleet.ca.rootPem,
-    token: operator.token,
-    close: () => fleet.close(),
-  };
+function inProcessBackend(options: SimOptions): Promise<Backend> {
+  if (!options.startBackend) throw new Error('without --api the simulator needs a backend to start in this process');
+  return options.startBackend(options.lifetime);
 }
 
 function externalBackend(options: SimOptions): Backend {
@@ -116,7 +92,7 @@ export function planFleet(count: number, prefix: string, profile: ProfileChoice)
 /** Runs the simulated fleet against a backend and returns the report; the CLI wraps this. */
 export async function runSimulation(input: Partial<SimOptions> & { devices: number }): Promise<SimReport> {
   const options: SimOptions = { ...DEFAULT_OPTIONS, ...input };
-  const backend = options.api ? externalBackend(options) : await startEmbeddedBackend(options.lifetime);
+  const backend = options.api ? externalBackend(options) : await inProcessBackend(options);
   const api = new FleetApi(backend.apiUrl, backend.rootPem, backend.token);
   const say = (text: string) => options.progress && process.stderr.isTTY && process.stderr.write(`\r\x1b[2K${text}`);
   try {

@@ -6,7 +6,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
-import { caKeyStore } from '../core/fleet.js';
+import { caKeyStore } from '../cli/start.js';
 import { silentLogger } from '../core/log.js';
 import { retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
 import { announceCaChange } from '../core/registry/index.js';

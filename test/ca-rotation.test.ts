@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
-import { caKeyStore } from '../core/fleet.js';
+import { caKeyStore } from '../cli/start.js';
 import { silentLogger } from '../core/log.js';
 import { rotateIssuingCa } from '../core/pki/authority.js';
 import { x509 } from '../core/pki/x509.js';

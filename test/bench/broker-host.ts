@@ -8,7 +8,7 @@ import type { SecureContextOptions } from 'node:tls';
 import tls from 'node:tls';
 import { Aedes } from 'aedes';
 import { loadConfig } from '../../core/config.js';
-import { startFleet } from '../../core/fleet.js';
+import { startFleet } from '../../cli/start.js';
 import { silentLogger } from '../../core/log.js';
 import { secureContextOptions } from '../../core/pki/tls.js';
 import { createOperatorToken } from '../../core/registry/index.js';

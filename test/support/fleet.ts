@@ -7,7 +7,7 @@ import { createDeviceIdentity, type DeviceIdentity } from '../../device-sim/iden
 import { loadConfig, type FleetConfig } from '../../core/config.js';
 import { ensureDataDir } from '../../core/db/database.js';
 import { openEmbeddedDatabase } from '../../core/db/embedded.js';
-import { type RunningFleet, startFleet } from '../../core/fleet.js';
+import { type RunningFleet, startFleet } from '../../cli/start.js';
 import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';

@@ -1,6 +1,6 @@
 import pg from 'pg';
-import type { Logger } from '../core/log.js';
-import { CA_CHANNEL, CHANGES_CHANNEL, changesSince, latestChangeSeq, parseChange, type RegistryChange } from '../core/registry/index.js';
+import type { Logger } from '../log.js';
+import { CA_CHANNEL, CHANGES_CHANNEL, changesSince, latestChangeSeq, parseChange, type RegistryChange } from './changes.js';
 
 /**
  * Sequence numbers are taken at insert but become visible at commit, so a change can appear after one

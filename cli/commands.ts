@@ -1,12 +1,12 @@
 import { readFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { type Command, Option } from 'commander';
-import { type FleetConfig, loadConfig } from '../config.js';
-import { type Database, openDatabase } from '../db/database.js';
-import { FleetError } from '../errors.js';
-import { caKeyStore, startFleet, rootCertificatePath } from '../fleet.js';
-import { retireIssuingCa, rotateIssuingCa } from '../pki/authority.js';
-import { createLogger, stderrDestination } from '../log.js';
+import { type FleetConfig, loadConfig } from '../core/config.js';
+import { type Database, openDatabase } from '../core/db/database.js';
+import { FleetError } from '../core/errors.js';
+import { caKeyStore, startFleet, rootCertificatePath } from './start.js';
+import { retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
+import { createLogger, stderrDestination } from '../core/log.js';
 import {
   announceCaChange,
   createOperatorToken,
@@ -22,9 +22,10 @@ import {
   revokeCertificate,
   revokeDevice,
   suspendDevice,
-} from '../registry/index.js';
-import { bulkFromCsv, tokensAsCsv } from '../../provisioning/api/bulk.js';
-import { registerSimCommand } from '../../device-sim/cli.js';
+} from '../core/registry/index.js';
+import { bulkFromCsv, tokensAsCsv } from '../provisioning/api/bulk.js';
+import { registerSimCommand } from '../device-sim/cli.js';
+import { startSimBackend } from './sim-backend.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -218,7 +219,7 @@ export function registerCommands(program: Command): void {
       explain(`${device.id} is ${device.status}.`);
     });
 
-  registerSimCommand(program);
+  registerSimCommand(program, startSimBackend);
 }
 
 async function readStdin(): Promise<string> {

@@ -1,15 +1,15 @@
 import path from 'node:path';
-import { type ChangeFollower, followRegistryChanges } from '../broker/changes.js';
+import { type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
-import type { FleetConfig } from './config.js';
-import { type Database, ensureDataDir, openDatabase } from './db/database.js';
-import type { Logger } from './log.js';
-import { type CertificateAuthority, loadAuthority } from './pki/authority.js';
-import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from './pki/key-store.js';
+import type { FleetConfig } from '../core/config.js';
+import { type Database, ensureDataDir, openDatabase } from '../core/db/database.js';
+import type { Logger } from '../core/log.js';
+import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
+import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from '../core/pki/key-store.js';
 
 export interface RunningFleet {
   db: Database;
