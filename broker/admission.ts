@@ -5,6 +5,7 @@ export type Refusal =
   | 'no_certificate'
   | 'unknown_ca'
   | 'tls_handshake_failed'
+  | 'connect_timeout'
   | 'unknown_certificate'
   | 'revoked'
   | 'suspended'

@@ -1,11 +1,9 @@
 import { once } from 'node:events';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
-import { secureContextOptions } from '../core/pki/tls.js';
-import { normalizeFingerprint } from '../core/pki/x509.js';
 import { findIdentityByFingerprint, forgetConnections, type RegistryChange } from '../core/registry/index.js';
 import { decideAdmission, type Refusal } from './admission.js';
 import type { ChangeFollower } from '../core/registry/index.js';
@@ -14,7 +12,8 @@ import { identityResolver, RegistryUnavailable } from './identity.js';
 import { mayPublish, maySubscribe, rulesFor, type TopicPolicy, type TopicRules } from './policy.js';
 import type { BrokerMetrics } from './metrics.js';
 import { presenceTracker } from './presence.js';
-import { checkKeepalive, connectionGate, gatedServer, guardPacketSize } from './protection.js';
+import { createFrontDoor, verifiedPeer } from './front-door.js';
+import { checkKeepalive, guardPacketSize } from './protection.js';
 import { DeviceSessions, type Session } from './sessions.js';
 
 export interface BrokerDeps {
@@ -40,6 +39,7 @@ export interface BrokerOptions {
   /** New connections per second each address may open (with this burst), and at most this many at once. */
   connectRate?: number;
   connectBurst?: number;
+  /** Lowered to what the open-file limit allows; derived from it when not given. */
   maxConnections?: number;
   maxPacketBytes?: number;
   keepaliveMaxSeconds?: number;
@@ -50,6 +50,8 @@ export interface RunningBroker {
   sessions: DeviceSessions;
   /** Refused connections by reason since start. */
   refusals: ReadonlyMap<Refusal, number>;
+  /** Connections open at once, in force (the configured cap, or what the open-file limit allows). */
+  maxConnections: number;
   /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
   reloadTrust(): void;
   close(): Promise<void>;
@@ -118,9 +120,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       if (checkKeepalive(packet.keepalive ?? 0, options.keepaliveMaxSeconds ?? 1200) !== 'ok') {
         return callback(refuse('keepalive_too_long', peer, { keepalive: packet.keepalive }), false);
       }
-      const certificate = socket.getPeerCertificate();
-      if (!certificate?.fingerprint256) return callback(refuse('no_certificate', peer), false);
-      const fingerprint = normalizeFingerprint(certificate.fingerprint256);
+      // The certificate that passed the front door's check at the handshake, never a later one.
+      const fingerprint = verifiedPeer(socket)?.fingerprint;
+      if (!fingerprint) return callback(refuse('no_certificate', peer), false);
       resolve(fingerprint).then(
         (identity) => {
           const decision = decideAdmission(identity, packet.clientId, clock());
@@ -166,42 +168,28 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   aedes.on('connectionError', (_client, error) => log.debug({ err: error.message }, 'connection error'));
   const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
 
-  const open = new Set<tls.TLSSocket>();
-  const server = tls.createServer(
+  // TCP gate, TLS, the certificate check and the connect deadline; only a peer that passed reaches aedes.
+  const frontDoor = createFrontDoor(
     {
-      ...secureContextOptions(deps.ca),
-      requestCert: true,
-      // OpenSSL checks chain, validity and EKU during the handshake; the verdict is read below rather
-      // than turned into a bare alert, so each refusal is counted by its real reason. A peer that
-      // fails is destroyed before aedes sees it: it never sends a byte of MQTT.
-      rejectUnauthorized: false,
-      handshakeTimeout: options.connectTimeoutMs ?? 10_000,
+      ca: deps.ca,
+      clock,
+      log,
+      refuse,
+      onPeer(socket) {
+        guardPacketSize(socket, options.maxPacketBytes ?? 262_144, (refusal) => refuse(refusal.reason, socket.remoteAddress, refusal));
+        aedes.handle(socket);
+      },
     },
-    (socket) => {
-      const refusal = peerRefusal(socket);
-      if (refusal) {
-        refuse(refusal, socket.remoteAddress, { tlsError: String(socket.authorizationError ?? 'no certificate') });
-        socket.destroy();
-        return;
-      }
-      open.add(socket);
-      socket.once('close', () => open.delete(socket));
-      guardPacketSize(socket, options.maxPacketBytes ?? 262_144, (refusal) => refuse(refusal.reason, socket.remoteAddress, refusal));
-      aedes.handle(socket);
+    {
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      connectRate: options.connectRate ?? 50,
+      connectBurst: options.connectBurst ?? 100,
+      maxConnections: options.maxConnections,
     },
   );
-  server.on('tlsClientError', (error: NodeJS.ErrnoException, socket) => {
-    refuse('tls_handshake_failed', socket.remoteAddress, { tlsError: error.code ?? error.message });
-  });
-
-  // Rate and connection limits act on plain TCP, before any TLS work is spent on a refused peer.
-  const gate = connectionGate({
-    perAddressPerSecond: options.connectRate ?? 50,
-    burst: options.connectBurst ?? 100,
-    maxConnections: options.maxConnections ?? 16_000,
-    clock: now,
-  });
-  const front = gatedServer(server, gate, (decision, address) => refuse(decision, address));
+  // CONNACK sent: the connection made it in time.
+  aedes.on('clientReady', (client) => frontDoor.admitted(client.conn));
+  const front = frontDoor.server;
   try {
     front.listen(options.port, options.host);
     await once(front, 'listening');
@@ -217,36 +205,17 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     port,
     sessions,
     refusals,
-    reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
+    maxConnections: frontDoor.maxConnections,
+    reloadTrust: () => frontDoor.reloadTrust(),
     async close() {
       // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
       const stopped = new Promise<void>((resolve) => front.close(() => resolve()));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
-      for (const socket of open) socket.destroy();
+      frontDoor.destroyAll();
       await stopped;
       await presence.close();
     },
   };
-}
-
-const UNKNOWN_CA_ERRORS = new Set([
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_SIGNATURE_FAILURE',
-]);
-
-/** Why OpenSSL did not verify a client certificate, as a counted reason; undefined when it did. */
-export function peerRefusal(socket: tls.TLSSocket): Refusal | undefined {
-  if (socket.authorized) return undefined;
-  if (!socket.getPeerCertificate()?.fingerprint256) return 'no_certificate';
-  const code = String(socket.authorizationError);
-  if (code === 'CERT_HAS_EXPIRED') return 'expired';
-  if (code === 'CERT_NOT_YET_VALID') return 'not_yet_valid';
-  if (UNKNOWN_CA_ERRORS.has(code)) return 'unknown_ca';
-  return 'tls_handshake_failed';
 }
 
 function closeReasonOf(reason: Refusal) {

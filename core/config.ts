@@ -37,8 +37,8 @@ export interface FleetConfig {
   /** New broker connections one address may open per second, sustained, and at once after a quiet spell. */
   brokerConnectRate: number;
   brokerConnectBurst: number;
-  /** Broker connections open at once, from everyone. */
-  brokerMaxConnections: number;
+  /** Broker connections open at once, from everyone; unset derives it from the open-file limit. */
+  brokerMaxConnections: number | undefined;
   /** The largest MQTT packet the broker reads, fixed header included; a larger one closes the connection. */
   brokerMaxPacketBytes: number;
   /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
@@ -94,7 +94,7 @@ const schema = z.object({
   FLEET_METRICS_PORT: port(9464),
   FLEET_BROKER_CONNECT_RATE: z.coerce.number().positive().default(50),
   FLEET_BROKER_CONNECT_BURST: z.coerce.number().int().min(1).default(100),
-  FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(16_000),
+  FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).optional(),
   // A CONNECT with a long client id fits in well under 1 KiB; MQTT itself stops at 256 MiB plus a 5-byte header.
   FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
   // MQTT's keepalive field is 16 bits.
