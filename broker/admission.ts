@@ -6,6 +6,7 @@ export type Refusal =
   | 'unknown_ca'
   | 'tls_handshake_failed'
   | 'connect_timeout'
+  | 'renegotiation_refused'
   | 'unknown_certificate'
   | 'revoked'
   | 'suspended'

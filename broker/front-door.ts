@@ -185,7 +185,8 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
   const accept = (raw: net.Socket) => {
     const peer = raw.remoteAddress;
     const socket = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: true, rejectUnauthorized: true });
-    // Second line behind SSL_OP_NO_RENEGOTIATION: should OpenSSL ever start one, Node closes the socket.
+    // OpenSSL refuses a renegotiation (SSL_OP_NO_RENEGOTIATION) but still reports its start: Node then
+    // raises ERR_TLS_RENEGOTIATION_DISABLED and the connection is closed, since no device renegotiates.
     socket.disableRenegotiation();
     open.add(socket);
     let secure = false;
@@ -206,7 +207,13 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
         raw.destroy();
       }),
     );
-    socket.on('error', (error: NodeJS.ErrnoException) => (lastError ??= error));
+    socket.on('error', (error: NodeJS.ErrnoException) => {
+      lastError ??= error;
+      if (error.code !== 'ERR_TLS_RENEGOTIATION_DISABLED') return;
+      // aedes closes the socket on this error; before CONNACK that is a refusal like any other.
+      if (deadlines.has(socket)) count('renegotiation_refused', {});
+      else log.warn({ peer, fingerprint: verifiedPeer(socket)?.fingerprint }, 'renegotiation refused; session closed');
+    });
     socket.once('close', () => {
       deadlines.get(socket)?.();
       deadlines.delete(socket);

@@ -1,5 +1,5 @@
 import type { TLSSocket } from 'node:tls';
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 
 export interface DeviceTls {
   ca: string;
@@ -22,8 +22,11 @@ export interface Connection {
   error?: Error;
 }
 
-/** Connects one real MQTT.js client over mutual TLS, without reconnecting, and reports what happened. */
-export function connectDevice(port: number, clientId: string, tls: DeviceTls): Promise<Connection> {
+/**
+ * Connects one real MQTT.js client over mutual TLS, without reconnecting, and reports what happened.
+ * `options` overrides MQTT.js's (keepalive, localAddress, ...).
+ */
+export function connectDevice(port: number, clientId: string, tls: DeviceTls, options: IClientOptions = {}): Promise<Connection> {
   const client = mqtt.connect({
     protocol: 'mqtts',
     host: 'localhost',
@@ -37,6 +40,7 @@ export function connectDevice(port: number, clientId: string, tls: DeviceTls): P
     reconnectPeriod: 0,
     connectTimeout: 5000,
     protocolVersion: 4,
+    ...options,
   });
   return new Promise((resolve) => {
     let lastError: Error | undefined;
