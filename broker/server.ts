@@ -16,6 +16,7 @@ import type { BrokerMetrics } from './metrics.js';
 import { presenceTracker } from './presence.js';
 import { checkKeepalive, connectionGate, gatedServer, guardPacketSize } from './protection.js';
 import { DeviceSessions, type Session } from './sessions.js';
+import type { Scheduler } from '../core/scheduler.js';
 
 export interface BrokerDeps {
   pool: pg.Pool;
@@ -25,6 +26,8 @@ export interface BrokerDeps {
   ca: CertificateAuthority;
   policy: TopicPolicy;
   clock: () => Date;
+  /** Ends sessions at their certificate's expiry or overlap end; runs on the same time as `clock`. */
+  scheduler: Scheduler;
   log: Logger;
 }
 
@@ -77,7 +80,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     return new Error(`connection refused: ${reason}`);
   };
 
-  const sessions = new DeviceSessions(now, (session, reason) =>
+  const sessions = new DeviceSessions(deps.scheduler, (session, reason) =>
     log.info({ deviceId: session.identity.deviceId, serial: session.identity.serial, reason }, 'session closed by the broker'),
   );
 

@@ -9,6 +9,7 @@ import type { FleetConfig } from '../core/config.js';
 import { type Database, ensureDataDir, openDatabase } from '../core/db/database.js';
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
+import { createScheduler, type Scheduler } from '../core/scheduler.js';
 import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from '../core/pki/key-store.js';
 
 export interface RunningFleet {
@@ -26,6 +27,7 @@ export async function startFleet(
   config: FleetConfig,
   log: Logger,
   clock: () => Date = () => new Date(),
+  scheduler: Scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a session deadline failed') }),
 ): Promise<RunningFleet> {
   await ensureDataDir(config.dataDir);
   const db = await openDatabase(config, log);
@@ -45,7 +47,7 @@ export async function startFleet(
     started.push(changes);
     await changes.ready;
     const broker = await startBroker(
-      { pool: db.pool, metrics, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      { pool: db.pool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
       {
         host: config.listenHost,
         port: config.brokerPort,

@@ -11,6 +11,7 @@ import { type RunningFleet, startFleet } from '../../cli/start.js';
 import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';
+import type { ManualTime } from './time.js';
 
 /**
  * A database of the test's own: on DATABASE_URL's server a fresh database created now and dropped at
@@ -73,7 +74,14 @@ export interface TestFleet {
 }
 
 export async function startTestFleet(
-  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger; databaseUrl?: string } = {},
+  options: {
+    env?: Record<string, string>;
+    clock?: () => Date;
+    /** Time the test moves by hand: the fleet's clock and its deadline scheduler both run on it. */
+    time?: ManualTime;
+    log?: Logger;
+    databaseUrl?: string;
+  } = {},
 ): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
   const database = options.databaseUrl ? { url: options.databaseUrl, drop: async () => {} } : await testDatabase();
@@ -86,7 +94,7 @@ export async function startTestFleet(
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+  const fleet = await startFleet(config, options.log ?? silentLogger(), options.time?.clock ?? options.clock, options.time?.scheduler);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
   const apiUrl = `https://localhost:${fleet.api.port}`;
