@@ -115,11 +115,10 @@ class DeadlineHeap implements Scheduler {
   }
 
   move(entry: Entry, at: number): void {
-    checked(at);
-    if (entry.index >= 0) this.#detach(entry);
-    entry.at = at;
+    entry.at = checked(at);
     entry.order = this.#order++;
-    this.#insert(entry);
+    if (entry.index < 0) this.#insert(entry);
+    else this.#sift(entry.index);
     this.#arm();
   }
 
@@ -137,8 +136,14 @@ class DeadlineHeap implements Scheduler {
     if (last === entry) return;
     heap[i] = last;
     last.index = i;
+    this.#sift(i);
+  }
+
+  /** Restores heap order around an entry whose deadline changed or that took another's place. */
+  #sift(i: number): void {
+    const entry = this.#heap[i]!;
     this.#down(i);
-    this.#up(last.index);
+    this.#up(entry.index);
   }
 
   #up(i: number): void {
@@ -175,11 +180,16 @@ class DeadlineHeap implements Scheduler {
     x.index = b;
   }
 
-  /** Keeps the one timer armed for the earliest deadline (in steps of at most MAX_TIMER_MS). */
+  /**
+   * Keeps the one timer armed no later than the earliest deadline (in steps of at most MAX_TIMER_MS).
+   * A timer armed for an earlier deadline that was since cancelled or moved is left to fire: it finds
+   * nothing due and re-arms, which is cheaper than re-arming on every change at the top of the heap.
+   */
   #arm(): void {
     if (this.#firing) return;
     const next = this.#heap[0];
-    if (next?.at === this.#armedFor) return;
+    if (next && this.#armedFor !== undefined && this.#armedFor <= next.at) return;
+    if (!next && this.#armedFor === undefined) return;
     if (this.#handle !== undefined) this.timer.clear(this.#handle);
     this.#handle = undefined;
     this.#armedFor = undefined;

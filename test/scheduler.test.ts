@@ -147,7 +147,9 @@ describe('deadline scheduler', () => {
   test('in production it runs on setTimeout and Date.now, and fires only once the deadline is reached', async () => {
     const scheduler = createScheduler();
     const at = Date.now() + 5;
-    const firedAt = await new Promise<number>((resolve) => scheduler.at(at, () => resolve(Date.now())));
+    // The scheduler's timer is unref'd, so something else must keep the test process alive meanwhile.
+    const alive = setInterval(() => {}, 1000);
+    const firedAt = await new Promise<number>((resolve) => scheduler.at(at, () => resolve(Date.now()))).finally(() => clearInterval(alive));
     assert.ok(firedAt >= at, 'not before its deadline');
     assert.equal(scheduler.size, 0);
   });
