@@ -107,6 +107,7 @@ describe('fleet CLI beside a running `fleet start` on the embedded database', ()
     session.client.end(true);
     const again = await connectDevice(brokerPort, 'cli-sensor-1', tls);
     assert.equal(again.outcome, 'refused');
+    assert.equal(again.connack, 5, 'CONNACK 0x05: not authorized');
     again.client.end(true);
   });
 

@@ -69,6 +69,8 @@ export interface TestFleet {
   /** Writes a file under the test's data directory (for openssl and curl) and returns its path. */
   file(name: string, content: string | Buffer): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
+  /** Registers a backend service identity with a policy role (fleet-reader, fleet-commander…) and enrolls it. */
+  enrollService(serviceId: string, role: string): Promise<EnrolledDevice>;
   close(): Promise<void>;
 }
 
@@ -108,12 +110,17 @@ export async function startTestFleet(
     return res.json.enrollmentToken as string;
   };
 
-  const enroll = async (deviceId: string): Promise<EnrolledDevice> => {
-    const token = await register(deviceId);
+  const enrollWithToken = async (deviceId: string, token: string): Promise<EnrolledDevice> => {
     const identity = await createDeviceIdentity(deviceId);
     const res = await api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem } });
     if (res.status !== 201) throw new Error(`enrolling ${deviceId} failed: ${res.status} ${res.text}`);
     return { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial };
+  };
+  const enroll = async (deviceId: string) => enrollWithToken(deviceId, await register(deviceId));
+  const enrollService = async (serviceId: string, role: string) => {
+    const res = await api('POST', '/v1/services', { token: admin.token, json: { id: serviceId, role } });
+    if (res.status !== 201) throw new Error(`registering service ${serviceId} failed: ${res.status} ${res.text}`);
+    return enrollWithToken(serviceId, res.json.enrollmentToken);
   };
 
   let files = 0;
@@ -134,6 +141,7 @@ export async function startTestFleet(
     api,
     register,
     enroll,
+    enrollService,
     async close() {
       await fleet.close();
       await database.drop();
