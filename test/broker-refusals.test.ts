@@ -176,6 +176,15 @@ describe('protocol errors', () => {
     assert.equal(again.outcome, 'connected');
     await again.client.endAsync();
   });
+
+  test('a service whose role the policy lacks gets no topics, even a role named like an Object property', async () => {
+    const service = await t.enrollService('role-proto', 'constructor');
+    const session = await connectDevice(port(), 'role-proto', tlsOf(service));
+    assert.equal(session.outcome, 'connected');
+    const refused = await session.client.subscribeAsync('devices/#').then(() => undefined, (error) => error);
+    assert.deepEqual(refused?.packet?.granted, [128]);
+    await session.client.endAsync();
+  });
 });
 
 /** Collects every message `client` receives from now on. */
