@@ -27,17 +27,21 @@ import { parseExposition, sampleValue } from './support/prometheus.js';
  */
 
 let t: TestFleet;
-/** The fleet's clock. A test can make its next reading throw, to see a broker hook survive an exception. */
+/**
+ * The fleet's clock. A test can make its next reading throw, to see a broker hook survive an
+ * exception, or set it back, to be issued a certificate that expires moments from now.
+ */
 let failNextReading = false;
+let offsetMs = 0;
 const clock = () => {
   if (failNextReading) {
     failNextReading = false;
     throw new Error('clock failure injected by the test');
   }
-  return new Date();
+  return new Date(Date.now() + offsetMs);
 };
 before(async () => {
-  t = await startTestFleet({ clock, env: { FLEET_RENEWAL_OVERLAP: '2s' } });
+  t = await startTestFleet({ clock, env: { FLEET_RENEWAL_OVERLAP: '2s', FLEET_CERT_LIFETIME_MIN: '1m' } });
 });
 after(() => t?.close());
 
@@ -316,6 +320,23 @@ describe('no Will once access is withdrawn', () => {
       assert.deepEqual(live, [], `${action}: no Will published`);
       assert.deepEqual(retained, [], `${action}: no Will retained`);
     }
+  });
+
+  test('expiry closes the session and publishes no Will', async () => {
+    // Issued 55 s ago (by the fleet's clock) for one minute: it expires about 5 s from now.
+    const token = await t.register('will-4');
+    const identity = await createDeviceIdentity('will-4');
+    offsetMs = -55_000;
+    const res = await t.api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem, lifetime: '1m' } });
+    offsetMs = 0;
+    assert.equal(res.status, 201, res.text);
+    const { session, seen } = await withWill('will-4', { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial });
+    // Nothing else ends it: no revocation, no renewal.
+    await closed(session.client);
+    session.client.end(true);
+    const { live, retained } = await afterwards('will-4', seen);
+    assert.deepEqual(live, []);
+    assert.deepEqual(retained, []);
   });
 
   test('the end of a renewal overlap closes the old session and publishes no Will', async () => {
