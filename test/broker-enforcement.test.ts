@@ -59,7 +59,8 @@ describe('live enforcement', () => {
     session.client.end(true);
     const again = await connectDevice(port(), 'short-lived', tlsOf(device));
     assert.equal(again.outcome, 'refused');
-    assert.equal(again.connack, 5, 'an expired certificate is answered CONNACK 0x05');
+    // Expired by the real clock too, so OpenSSL refuses it at the handshake, before any MQTT.
+    assert.equal(again.connack, undefined, 'refused at the handshake');
     again.client.end(true);
     assert.ok((t.fleet.broker.refusals.get('expired') ?? 0) >= 1, 'counted as expired');
   });

@@ -89,6 +89,19 @@ describe('CONNACK codes a device can act on', () => {
     assert.ok(counted('suspended') >= 1);
   });
 
+  test('a certificate expired or not yet valid by the broker\'s clock is answered 0x05', async () => {
+    // OpenSSL checks validity by the real clock at the handshake; admission checks it again by the fleet's.
+    const device = await t.enroll('code-5');
+    for (const [offset, reason] of [[100 * 86_400_000, 'expired'], [-86_400_000, 'not_yet_valid']] as const) {
+      const before = counted(reason);
+      offsetMs = offset;
+      const attempt = await connectDevice(port(), 'code-5', tlsOf(device)).finally(() => (offsetMs = 0));
+      assert.equal(attempt.connack, 5, reason);
+      attempt.client.end(true);
+      assert.equal(counted(reason), before + 1, reason);
+    }
+  });
+
   test('a keepalive of 0 (never checked) is answered 0x02: the same CONNECT will never be admitted', async () => {
     const device = await t.enroll('code-4');
     const raw = await rawConnection(port(), tlsOf(device));
