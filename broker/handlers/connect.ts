@@ -13,6 +13,7 @@ import type { Refusals } from '../refusals.js';
 import type { AdmittedSession, AdmittedSessions } from '../session.js';
 import type { DeviceSessions } from '../sessions.js';
 import { isValidTopicText } from '../topic-text.js';
+import { decideSafely } from './guard.js';
 
 /*
  * What happens on CONNECT. aedes runs, in order: `preConnect` (below: only checks the packet is
@@ -114,13 +115,15 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
 
   return {
     preConnect(client, packet, callback) {
-      // A Will topic nobody could subscribe to is a malformed CONNECT: closed, no CONNACK.
-      if (packet.will && !isValidTopicText(packet.will.topic)) {
-        const peer = (client.conn as tls.TLSSocket).remoteAddress;
-        return callback(refusals.refuse('protocol_error', peer, { problem: 'the Will topic is not valid MQTT text' }), false);
+      // A Will topic that is not valid MQTT text makes a malformed CONNECT: closed, no CONNACK.
+      const verdict = decideSafely(log, 'preConnect', () => (packet.will && !isValidTopicText(packet.will.topic) ? 'invalid_will_topic' : 'ok'), 'failed');
+      if (verdict === 'ok') {
+        connects.set(client, packet);
+        return callback(null, true);
       }
-      connects.set(client, packet);
-      callback(null, true);
+      const peer = (client.conn as tls.TLSSocket).remoteAddress;
+      const reason = verdict === 'failed' ? 'internal_error' : 'protocol_error';
+      callback(refusals.refuse(reason, peer, { clientId: packet.clientId, problem: verdict }), false);
     },
 
     authenticate(client, _username, _password, done) {
