@@ -12,7 +12,7 @@ import { httpsRequest } from './support/http.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { openssl, run } from './support/openssl.js';
 
-const FLEET = path.join(projectRoot, 'dist', 'core', 'cli', 'fleet.js');
+const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 
 /**
  * The README's path, as a user walks it: `fleet start` on the embedded database (DATABASE_URL is
