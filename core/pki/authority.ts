@@ -381,7 +381,7 @@ async function serverCertificate(
   const stored = await readKeyed(files, ISSUING_CURVE).catch(() => undefined);
   const fault = stored ? serverCertificateFault(stored, signer, names, now) : 'missing';
   if (stored && !fault) return stored;
-  log.info({ file: files.cert, reason: fault, issuer: signer.certificate.subject }, 'issuing a new server certificate');
+  log.info({ file: files.cert, reason: fault, signer: signer.certificate.subject }, 'issuing a new server certificate');
   const made = await createServer(signer, names, now);
   await store(files, made).catch((error) =>
     log.warn({ err: error, file: files.cert }, 'could not save the new server certificate; the next start issues another'),
