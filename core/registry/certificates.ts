@@ -40,6 +40,8 @@ export interface CertificateIdentity {
   notAfter: Date;
   /** For a superseded certificate: the end of its renewal overlap. */
   acceptUntil: Date | null;
+  /** The subject of the issuing CA that signed the certificate, so its sessions end when that CA is retired. */
+  issuer: string;
 }
 
 const INSERT_CERTIFICATE = `
@@ -48,7 +50,7 @@ const INSERT_CERTIFICATE = `
 
 const IDENTITY_COLUMNS = `
   c.device_id, d.status AS device_status, d.kind, d.role, d.batch, d.profile, c.serial, c.status AS certificate_status,
-  c.public_key_sha256, c.not_before, c.not_after, c.accept_until`;
+  c.public_key_sha256, c.not_before, c.not_after, c.accept_until, c.issuer`;
 
 const SELECT_IDENTITY_BY_FINGERPRINT = `
   SELECT ${IDENTITY_COLUMNS} FROM certificates c JOIN devices d ON d.id = c.device_id WHERE c.fingerprint = $1`;
@@ -88,6 +90,7 @@ export const toIdentity = (r: Record<string, any>): CertificateIdentity => ({
   notBefore: r.not_before,
   notAfter: r.not_after,
   acceptUntil: r.accept_until,
+  issuer: r.issuer,
 });
 
 export async function findIdentityByFingerprint(q: Queryable, fingerprint: string): Promise<CertificateIdentity | undefined> {

@@ -69,6 +69,8 @@ export interface TestFleet {
   /** Writes a file under the test's data directory (for openssl and curl) and returns its path. */
   file(name: string, content: string | Buffer): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
+  /** Stops the fleet, runs `between` (say, CLI work on the stopped data directory), and starts it again on the same data and database. */
+  restart(between?: () => Promise<void>): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -86,10 +88,10 @@ export async function startTestFleet(
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+  let fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
-  const apiUrl = `https://localhost:${fleet.api.port}`;
+  let apiUrl = `https://localhost:${fleet.api.port}`;
 
   const api: TestFleet['api'] = (method, pathname, o = {}) => {
     const headers: Record<string, string> = { ...o.headers };
@@ -123,7 +125,7 @@ export async function startTestFleet(
     return p;
   };
 
-  return {
+  const testFleet: TestFleet = {
     fleet,
     config,
     file,
@@ -134,10 +136,17 @@ export async function startTestFleet(
     api,
     register,
     enroll,
+    async restart(between) {
+      await fleet.close();
+      await between?.();
+      fleet = testFleet.fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+      testFleet.apiUrl = apiUrl = `https://localhost:${fleet.api.port}`;
+    },
     async close() {
       await fleet.close();
       await database.drop();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+  return testFleet;
 }
