@@ -123,8 +123,9 @@ describe('certificate policy', () => {
     const lifetime = cert.notAfter.getTime() - Date.now();
     assert.ok(lifetime > 1.9 * 3_600_000 && lifetime <= 2 * 3_600_000 + 1000, `lifetime ${lifetime}`);
     const text = await openssl(['x509', '-in', await file('policy.pem', res.json.certificate), '-noout', '-text']);
-    assert.match(text.stdout, new RegExp(`URI:${t.apiUrl.replace('localhost', 'localhost')}/pki/crl`));
-    assert.match(text.stdout, new RegExp(`OCSP - URI:${t.apiUrl}/ocsp`));
+    const pkiUrl = `http://localhost:${t.fleet.api.pkiHttpPort}`;
+    assert.match(text.stdout, new RegExp(`URI:${pkiUrl}/pki/crl`));
+    assert.match(text.stdout, new RegExp(`OCSP - URI:${pkiUrl}/ocsp`));
     assert.match(text.stdout, /X509v3 Subject Key Identifier/);
     assert.match(text.stdout, /X509v3 Authority Key Identifier/);
 
