@@ -3,12 +3,12 @@ import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { x509 } from '../core/pki/x509.js';
 import { closed, connectDevice } from './support/mqtt.js';
+import { offsetClock } from './support/clock.js';
 import { openssl } from './support/openssl.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 
-/** The fleet's clock runs `offset` ahead of real time, so tests can step past expiry and overlaps. */
-let offset = 0;
-const clock = () => new Date(Date.now() + offset);
+/** The fleet's clock, stepped past expiry and overlaps by withClock. */
+const { clock, withClock } = offsetClock();
 let t: TestFleet;
 before(async () => {
   t = await startTestFleet({ clock, env: { FLEET_ALLOWED_KEYS: 'ec-p256,ec-p384,ed25519,rsa', FLEET_RENEWAL_OVERLAP: '1h' } });
@@ -17,15 +17,6 @@ after(() => t?.close());
 
 const admin = () => ({ token: t.adminToken });
 const tlsOf = (d: EnrolledDevice) => ({ cert: d.certificatePem, key: d.identity.keyPem });
-
-async function withClock<T>(ms: number, fn: () => Promise<T>): Promise<T> {
-  offset = ms;
-  try {
-    return await fn();
-  } finally {
-    offset = 0;
-  }
-}
 
 const file = (name: string, content: string | Buffer) => t.file(name, content);
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { ecSigningAlgorithm, exportPrivateKeyPem, generateEcKeys, randomSerial, x509 } from '../core/pki/x509.js';
+import { offsetClock } from './support/clock.js';
 import { startTestFleet, type TestFleet } from './support/fleet.js';
 
 /**
@@ -9,8 +10,7 @@ import { startTestFleet, type TestFleet } from './support/fleet.js';
  * CAs, whatever OpenSSL's verify result says; and an expired one renews only within the opt-in
  * grace (FLEET_RENEW_AFTER_EXPIRY), set here to two hours.
  */
-let offset = 0;
-const clock = () => new Date(Date.now() + offset);
+const { clock, withClock } = offsetClock();
 let t: TestFleet;
 before(async () => {
   t = await startTestFleet({ clock, env: { FLEET_RENEW_AFTER_EXPIRY: '2h' } });
@@ -18,15 +18,6 @@ before(async () => {
 after(() => t?.close());
 
 const HOUR = 3_600_000;
-
-async function withClock<T>(ms: number, fn: () => Promise<T>): Promise<T> {
-  offset = ms;
-  try {
-    return await fn();
-  } finally {
-    offset = 0;
-  }
-}
 
 /** A certificate for `deviceId` signed by a key of our choosing, under a name of our choosing. */
 async function forged(deviceId: string, issuerName: string, notAfter: Date, selfSigned: boolean) {

@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { connectDevice } from './support/mqtt.js';
+import { offsetClock } from './support/clock.js';
 import { openssl } from './support/openssl.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 
@@ -10,8 +11,7 @@ import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/f
  * One status for every certificate: what OCSP answers, what the CRL lists and what the broker admits
  * agree, for superseded certificates before and after their overlap, and for held and revoked devices.
  */
-let offset = 0;
-const clock = () => new Date(Date.now() + offset);
+const { clock, withClock } = offsetClock();
 let t: TestFleet;
 let issuingFile: string;
 let chainFile: string;
@@ -22,15 +22,6 @@ before(async () => {
   chainFile = await t.file('chain.pem', t.fleet.ca.chainPem);
 });
 after(() => t?.close());
-
-async function withClock<T>(ms: number, fn: () => Promise<T>): Promise<T> {
-  offset = ms;
-  try {
-    return await fn();
-  } finally {
-    offset = 0;
-  }
-}
 
 const admin = () => ({ token: t.adminToken });
 
