@@ -11,7 +11,7 @@ import { tlsSocketOf } from './enrollment.js';
  * the last colon: "site:42:<token>" is device "site:42". Clients put user and password together with
  * one colon whatever the user holds, so this reads what curl -u or any Basic client sends.
  */
-export function basicCredentials(header: string | undefined): { deviceId: string; token: string } {
+function basicCredentials(header: string | undefined): { deviceId: string; token: string } {
   const match = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(header ?? '');
   const decoded = match ? Buffer.from(match[1]!, 'base64').toString('utf8') : '';
   const colon = decoded.lastIndexOf(':');
