@@ -29,7 +29,7 @@ const lastLine = (text: string) => text.trimEnd().split('\n').at(-1) ?? '';
 
 before(async () => {
   dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-cli-'));
-  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', LOG_LEVEL: 'warn' };
+  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'warn' };
   delete env.DATABASE_URL;
   server = spawn(process.execPath, [FLEET, 'start'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';

@@ -84,6 +84,7 @@ export async function startTestFleet(
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
