@@ -71,6 +71,8 @@ export interface TestFleet {
   enroll(deviceId: string): Promise<EnrolledDevice>;
   /** Registers a backend service identity with a policy role (fleet-reader, fleet-commander…) and enrolls it. */
   enrollService(serviceId: string, role: string): Promise<EnrolledDevice>;
+  /** Stops the fleet, runs `between` (say, CLI work on the stopped data directory), and starts it again on the same data and database. */
+  restart(between?: () => Promise<void>): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -84,14 +86,15 @@ export async function startTestFleet(
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+  let fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
-  const apiUrl = `https://localhost:${fleet.api.port}`;
+  let apiUrl = `https://localhost:${fleet.api.port}`;
 
   const api: TestFleet['api'] = (method, pathname, o = {}) => {
     const headers: Record<string, string> = { ...o.headers };
@@ -130,7 +133,7 @@ export async function startTestFleet(
     return p;
   };
 
-  return {
+  const testFleet: TestFleet = {
     fleet,
     config,
     file,
@@ -142,10 +145,17 @@ export async function startTestFleet(
     register,
     enroll,
     enrollService,
+    async restart(between) {
+      await fleet.close();
+      await between?.();
+      fleet = testFleet.fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+      testFleet.apiUrl = apiUrl = `https://localhost:${fleet.api.port}`;
+    },
     async close() {
       await fleet.close();
       await database.drop();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+  return testFleet;
 }
