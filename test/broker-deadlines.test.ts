@@ -4,6 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { createLogger } from '../core/log.js';
+import { x509 } from '../core/pki/x509.js';
 import type { Refusal } from '../broker/admission.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
@@ -82,6 +83,8 @@ async function assertRefused(deviceId: string, reason: Refusal): Promise<void> {
   const again = await connectDevice(port(), deviceId, tlsOf(devices.get(deviceId)!));
   again.client.end(true);
   assert.equal(again.outcome, 'refused');
+  // Valid by the real clock, so TLS lets it through and the broker's clock refuses it at CONNECT.
+  assert.equal(again.connack, 5, 'CONNACK 0x05: not authorized');
   assert.equal(t.fleet.broker.refusals.get(reason), before + 1, `refused as ${reason}`);
 }
 
@@ -126,5 +129,23 @@ describe('session deadlines', () => {
     await assertLive(client, 'long-lived');
     await assertEndsAt(client, 'long-lived', notAfter, 'expired');
     await assertRefused('long-lived', 'expired');
+  });
+
+  test('a certificate expired by the real clock is refused at the TLS handshake and counted as expired', async () => {
+    const device = await createDeviceIdentity('expired-for-real');
+    const real = Date.now();
+    const cert = await t.fleet.ca.sign({
+      subject: 'CN=expired-for-real',
+      publicKey: device.csr.publicKey,
+      notBefore: new Date(real - 2 * 3_600_000),
+      notAfter: new Date(real - 3_600_000),
+      extensions: [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
+    });
+    const before = t.fleet.broker.refusals.get('expired') ?? 0;
+    const attempt = await connectDevice(port(), 'expired-for-real', { ca: t.rootPem, cert: cert.toString('pem'), key: device.keyPem });
+    attempt.client.end(true);
+    assert.equal(attempt.outcome, 'refused');
+    assert.equal(attempt.connack, undefined, 'refused at the handshake, before any MQTT');
+    assert.equal(t.fleet.broker.refusals.get('expired'), before + 1, 'counted as expired');
   });
 });
