@@ -3,6 +3,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority, IssuingCa } from '../core/pki/authority.js';
+import { issuingCaOf } from '../core/pki/issued-by.js';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
 import type { Refusal } from './admission.js';
@@ -33,67 +34,53 @@ export const verifiedPeer = (socket: object): VerifiedPeer | undefined => verifi
 
 export type PeerVerdict = { peer: VerifiedPeer } | { refusal: Refusal; details: Record<string, unknown> };
 
-interface TrustedIssuer {
-  ca: IssuingCa;
-  certificate: X509Certificate;
-  notBefore: number;
-  notAfter: number;
-}
-
-/** What a positive verdict remembers about a leaf; its validity is compared with the clock each time. */
+/** What a positive verdict remembers about a leaf; validity is compared with the clock each time. */
 interface KnownLeaf {
-  issuer: TrustedIssuer;
+  issuer: IssuingCa;
+  /** The later of the leaf's and its issuing CA's notBefore, and the earlier of their notAfter. */
   notBefore: number;
   notAfter: number;
 }
-
-const validity = (certificate: X509Certificate) => ({ notBefore: Date.parse(certificate.validFrom), notAfter: Date.parse(certificate.validTo) });
 
 /**
  * Decides a client certificate by itself, not by OpenSSL's verdict: the leaf must be signed by one of
- * the issuing CAs the CA trusts now (its name, key identifier and signature checked against that
- * CA's certificate), so a retired issuing CA's devices are refused whatever chain they send. Only a
- * leaf of a trusted issuing CA can be `expired` or `not_yet_valid`; anything else is `unknown_ca`.
- * Positive verdicts are kept per fingerprint until the trusted issuers change (a reconnect then costs
- * no signature check); negative ones are not, so no peer can crowd the good ones out.
+ * the issuing CAs the CA trusts now (issuingCaOf: its name, key identifier and signature checked
+ * against that CA's certificate), so a retired issuing CA's devices are refused whatever chain they
+ * send. Only a leaf of a trusted issuing CA can be `expired` or `not_yet_valid`; anything else is
+ * `unknown_ca`. Positive verdicts are kept per fingerprint until the trusted issuers change (a
+ * reconnect then costs no signature check); negative ones are not, so no peer can crowd good ones out.
  */
 export function issuanceCheck(ca: CertificateAuthority, maxRemembered = 100_000): (leaf: X509Certificate, now: number) => PeerVerdict {
-  let trustedFrom: IssuingCa[] | undefined;
-  let trusted: TrustedIssuer[] = [];
+  let trustedFrom: readonly IssuingCa[] | undefined;
   const known = new Map<string, KnownLeaf>();
 
-  const trustedNow = () => {
-    // ca.reload() replaces the array, so a rotation or retirement is seen on the next connection.
-    if (ca.issuers !== trustedFrom) {
-      trustedFrom = ca.issuers;
-      trusted = trustedFrom.map((issuer) => {
-        const certificate = new X509Certificate(Buffer.from(issuer.certificate.rawData));
-        return { ca: issuer, certificate, ...validity(certificate) };
-      });
-      known.clear();
-    }
-    return trusted;
-  };
-
   const learn = (fingerprint: string, leaf: X509Certificate): KnownLeaf | undefined => {
-    const issuer = trustedNow().find((i) => leaf.checkIssued(i.certificate) && leaf.verify(i.certificate.publicKey));
+    const issuer = issuingCaOf(ca.issuers, leaf.raw);
     if (!issuer) return undefined;
     if (known.size >= maxRemembered) known.delete(known.keys().next().value!);
-    const entry = { issuer, ...validity(leaf) };
+    const entry = {
+      issuer,
+      notBefore: Math.max(Date.parse(leaf.validFrom), issuer.certificate.notBefore.getTime()),
+      notAfter: Math.min(Date.parse(leaf.validTo), issuer.certificate.notAfter.getTime()),
+    };
     known.set(fingerprint, entry);
     return entry;
   };
 
   return (leaf, now) => {
+    // ca.reload() replaces the array, so a rotation or retirement is seen on the next connection.
+    if (ca.issuers !== trustedFrom) {
+      trustedFrom = ca.issuers;
+      known.clear();
+    }
     const fingerprint = normalizeFingerprint(leaf.fingerprint256);
-    trustedNow();
     const entry = known.get(fingerprint) ?? learn(fingerprint, leaf);
     if (!entry) return { refusal: 'unknown_ca', details: { fingerprint, subject: leaf.subject, issuer: leaf.issuer } };
     const { issuer } = entry;
-    const details = { fingerprint, issuingCa: issuer.ca.generation };
-    if (now < entry.notBefore || now < issuer.notBefore) return { refusal: 'not_yet_valid', details };
-    if (now > entry.notAfter || now > issuer.notAfter) return { refusal: 'expired', details };
-    return { peer: { fingerprint, issuer: { generation: issuer.ca.generation, keyId: issuer.ca.keyId } } };
+    const details = { fingerprint, issuingCa: issuer.generation };
+    if (now < entry.notBefore) return { refusal: 'not_yet_valid', details };
+    if (now > entry.notAfter) return { refusal: 'expired', details };
+    return { peer: { fingerprint, issuer: { generation: issuer.generation, keyId: issuer.keyId } } };
   };
 }
 
@@ -223,7 +210,8 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
     socket.once('secure', () => {
       secure = true;
       const leaf = socket.getPeerX509Certificate();
-      const verdict: PeerVerdict = leaf ? judge(leaf, deps.clock().getTime()) : { refusal: 'no_certificate', details: {} };
+      // Validity by the real clock, as TLS peers judge it; admission checks it again by the broker's clock.
+      const verdict: PeerVerdict = leaf ? judge(leaf, Date.now()) : { refusal: 'no_certificate', details: {} };
       if ('refusal' in verdict) {
         count(verdict.refusal, verdict.details);
         socket.destroy();

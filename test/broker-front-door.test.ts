@@ -87,13 +87,13 @@ describe('the front door of a running fleet', () => {
     assert.equal(refusals(t, 'tls_handshake_failed'), 0, 'and not as a failed handshake');
   });
 
-  test('keepalive 0 and keepalive above FLEET_BROKER_KEEPALIVE_MAX are refused before CONNACK and counted', async () => {
+  test('keepalive 0 and keepalive above FLEET_BROKER_KEEPALIVE_MAX get CONNACK 0x02 and are counted', async () => {
     const device = await t.enroll('keepalive-1');
     const before = refusals(t, 'keepalive_too_long');
     for (const keepalive of [0, 1201]) {
       const attempt = await connectDevice(port(), 'keepalive-1', tlsOf(t, device), { keepalive });
       assert.equal(attempt.outcome, 'refused', `keepalive ${keepalive}`);
-      assert.equal(attempt.sawConnack, false);
+      assert.equal(attempt.connack, 0x02, 'identifier rejected: the same CONNECT is always refused');
       attempt.client.end(true);
     }
     assert.equal(refusals(t, 'keepalive_too_long'), before + 2);
@@ -107,10 +107,10 @@ describe('the front door of a running fleet', () => {
     const victim = await t.enroll('reason-1');
     const counts = () => Object.fromEntries((['unknown_ca', 'expired', 'not_yet_valid', 'tls_handshake_failed'] as const).map((r) => [r, refusals(t, r)]));
     const attempt = async (cert: string, key: string) => {
-      const { client, outcome, sawConnack } = await connectDevice(port(), 'reason-1', { ca: t.rootPem, cert, key });
+      const { client, outcome, connack } = await connectDevice(port(), 'reason-1', { ca: t.rootPem, cert, key });
       client.end(true);
       assert.equal(outcome, 'refused');
-      assert.equal(sawConnack, false);
+      assert.equal(connack, undefined, 'refused at the handshake');
     };
     const start = counts();
 
@@ -266,7 +266,7 @@ describe('the front door of a running fleet', () => {
       const withChain = await connectDevice(port(), 'retired-1', { ca: t.rootPem, cert: `${old.certificatePem}\n${issuingCa1}\n`, key: old.identity.keyPem });
       withChain.client.end(true);
       assert.equal(withChain.outcome, 'refused');
-      assert.equal(withChain.sawConnack, false);
+      assert.equal(withChain.connack, undefined, 'refused at the handshake');
       await eventually(() => refusals(t, 'unknown_ca') === start + 2, 'both counted as unknown_ca');
     });
 
@@ -338,7 +338,7 @@ describe('the per-address rate', () => {
     const refused = await connectDevice(port, 'burst-1', tlsOf(t, device));
     refused.client.end(true);
     assert.equal(refused.outcome, 'refused');
-    assert.equal(refused.sawConnack, false);
+    assert.equal(refused.connack, undefined, 'closed before TLS');
     assert.equal(refusals(t, 'rate_limited'), 1);
     assert.equal(await metric(t, 'rate_limited'), 1);
 

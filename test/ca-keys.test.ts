@@ -15,7 +15,7 @@ import { openssl, run } from './support/openssl.js';
 const PASSPHRASE = 'correct horse battery staple';
 const KEYS = ['root', 'issuing', 'server'] as const;
 const ENCRYPTED = '-----BEGIN ENCRYPTED PRIVATE KEY-----';
-const FLEET = path.join(projectRoot, 'dist', 'core', 'cli', 'fleet.js');
+const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 
 const scratch: string[] = [];
 after(async () => {
@@ -151,6 +151,7 @@ describe('a fleet with FLEET_CA_PASSPHRASE', () => {
         FLEET_DATA_DIR: t.dataDir,
         FLEET_API_PORT: '0',
         FLEET_BROKER_PORT: '0',
+        FLEET_PKI_HTTP_PORT: '0',
         FLEET_CA_PASSPHRASE: 'a wrong passphrase, long enough',
         LOG_LEVEL: 'warn',
       };
