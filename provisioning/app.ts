@@ -9,6 +9,7 @@ import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
 import { ocspRoutes } from './api/ocsp.js';
 import { pkiRoutes } from './api/pki.js';
+import { tokenRoutes } from './api/tokens.js';
 import type { ProvisioningDeps } from './deps.js';
 
 /** Requests are small (a CSR is under 2 KiB); anything larger is refused before it is read. */
@@ -33,6 +34,7 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
+  app.route('/', tokenRoutes(deps));
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
   app.route('/', docsRoutes());
   app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
