@@ -3,6 +3,7 @@ import { type ChangeFollower, followRegistryChanges } from '../core/registry/ind
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
+import { createApiMetrics } from '../provisioning/metrics.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
 import type { FleetConfig } from '../core/config.js';
@@ -61,7 +62,7 @@ export async function startFleet(
     );
     started.push(broker);
     const api = await startProvisioningApi(
-      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log },
+      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, limits: config.apiLimits, metrics: createApiMetrics(metrics.registry) },
       { host: config.listenHost, port: config.apiPort },
     );
     started.push(api);

@@ -1,6 +1,5 @@
-import { bodyLimit } from 'hono/body-limit';
-import { FleetError } from '../core/errors.js';
-import { installProblemHandlers, problemResponse } from '../core/http/problem.js';
+import { installProblemHandlers } from '../core/http/problem.js';
+import { streamingBodyLimit } from '../core/http/body-limit.js';
 import { apiRouter } from '../core/http/router.js';
 import { MAX_BULK_BODY_BYTES } from './api/bulk.js';
 import { deviceRoutes } from './api/devices.js';
@@ -10,24 +9,22 @@ import { estRoutes } from './api/est.js';
 import { ocspRoutes } from './api/ocsp.js';
 import { pkiRoutes } from './api/pki.js';
 import { tokenRoutes } from './api/tokens.js';
-import type { ProvisioningDeps } from './deps.js';
+import type { ApiDeps, ProvisioningDeps } from './deps.js';
+import { createApiThrottle } from './throttle.js';
 
 /** Requests are small (a CSR is under 2 KiB); anything larger is refused before it is read. */
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Bulk registration and batch enrollment carry thousands of rows. */
 const LARGE_BODY_PATHS = new Set(['/v1/devices/bulk', '/v1/enrollments/batch']);
 
-export function createProvisioningApp(deps: ProvisioningDeps) {
+export function createProvisioningApp(provisioning: ProvisioningDeps) {
+  const deps: ApiDeps = { ...provisioning, throttle: createApiThrottle(provisioning) };
   const app = apiRouter();
   installProblemHandlers(app, deps.log);
-  const limit = (maxSize: number) =>
-    bodyLimit({
-      maxSize,
-      onError: (c) => problemResponse(c, new FleetError('body_too_large', 413, `the body of ${c.req.path} is limited to ${maxSize} bytes`)),
-    });
-  const small = limit(MAX_BODY_BYTES);
-  const large = limit(MAX_BULK_BODY_BYTES);
-  app.use((c, next) => (LARGE_BODY_PATHS.has(c.req.path) ? large : small)(c, next));
+  // Order matters: throttling first, then the body limit, which reads nothing itself, so each route
+  // authenticates from headers before the first body byte is read.
+  app.use(deps.throttle.middleware);
+  app.use(streamingBodyLimit((path) => (LARGE_BODY_PATHS.has(path) ? MAX_BULK_BODY_BYTES : MAX_BODY_BYTES)));
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.route('/', pkiRoutes(deps));
   app.route('/', ocspRoutes(deps));

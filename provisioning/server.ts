@@ -1,7 +1,8 @@
 import https from 'node:https';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
+import { createAdaptorServer } from '@hono/node-server';
+import { limitConnections, serverTimeouts } from '../core/http/server-limits.js';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { createProvisioningApp } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
@@ -22,14 +23,17 @@ export async function startProvisioningApi(
   options: { host?: string; port: number },
 ): Promise<RunningApi> {
   const app = createProvisioningApp(deps);
-  const server = serve({
+  const server = createAdaptorServer({
     fetch: app.fetch,
-    port: options.port,
-    hostname: options.host,
     createServer: https.createServer,
-    serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false },
+    serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false, ...serverTimeouts(deps.limits) },
   }) as https.Server;
-  if (!server.listening) await once(server, 'listening');
+  limitConnections(server, deps.limits, (reason, address) => {
+    deps.metrics.dropped(reason);
+    deps.log.info({ address, reason }, 'API connection dropped');
+  });
+  server.listen(options.port, options.host);
+  await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
   deps.log.info({ port }, 'provisioning API listening (HTTPS)');
   return {

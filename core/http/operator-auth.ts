@@ -33,15 +33,26 @@ const REFUSALS: Record<OperatorRefusal, string> = {
   operator_token_expired: 'the operator token has expired; ask an admin for a new one (fleet token create)',
 };
 
+/** Throws (429) when one token is presented too often, before it costs a lookup. */
+export interface CredentialGate {
+  admitCredential(kind: 'operator_token', token: string): void;
+}
+
 /**
  * Requires `Authorization: Bearer <operator token>` whose role grants `permission`. The token is
  * looked up on every request, never cached, so a revoked or expired one is refused at once.
  */
 export function requireOperator(
-  registry: { pool: pg.Pool; clock: () => Date },
+  registry: { pool: pg.Pool; clock: () => Date; throttle: CredentialGate },
   permission: Permission,
 ): MiddlewareHandler<{ Variables: OperatorVariables }> {
   return async (c, next) => {
+    // Route patterns overlap ('/v1/devices/*' matches '/v1/devices'): authenticate once per request.
+    const known = c.get('operator');
+    if (known) {
+      if (!mayDo(known, permission)) throw forbidden(known, permission);
+      return next();
+    }
     const header = c.req.header('authorization') ?? '';
     const match = /^Bearer\s+(\S+)$/i.exec(header);
     if (!match) {
@@ -51,6 +62,7 @@ export function requireOperator(
         'send an operator token as "Authorization: Bearer <token>" (create one with: fleet token create)',
       );
     }
+    registry.throttle.admitCredential('operator_token', match[1]!);
     const found = await authenticateOperator(registry.pool, match[1]!, registry.clock());
     if (!found.operator) throw new AuthenticationError(found.refusal, 'unauthorized', REFUSALS[found.refusal]);
     if (!mayDo(found.operator, permission)) throw forbidden(found.operator, permission);

@@ -21,7 +21,7 @@ import {
   SERVICE_ROLE_PATTERN,
   suspendDevice,
 } from '../../core/registry/index.js';
-import type { ProvisioningDeps } from '../deps.js';
+import type { ApiDeps } from '../deps.js';
 import { BulkRequest, readBulkRegistration, tokensAsCsv } from './bulk.js';
 import {
   BatchName,
@@ -150,7 +150,7 @@ const reasonOf = (body: unknown): RevocationReasonName => (body as { reason?: Re
  * resuming one takes the "services" permission (admins); operators manage devices only. Runs after
  * authentication and before the body is read; admins skip the lookup.
  */
-function requireKindPermission(deps: ProvisioningDeps, targetOf: (param: (name: string) => string) => IdentityTarget) {
+function requireKindPermission(deps: ApiDeps, targetOf: (param: (name: string) => string) => IdentityTarget) {
   return async (c: Context<{ Variables: OperatorVariables }>, next: Next) => {
     const operator = c.get('operator');
     if (!mayDo(operator, 'services')) {
@@ -161,7 +161,7 @@ function requireKindPermission(deps: ProvisioningDeps, targetOf: (param: (name: 
   };
 }
 
-export function deviceRoutes(deps: ProvisioningDeps) {
+export function deviceRoutes(deps: ApiDeps) {
   const app = apiRouter<{ Variables: OperatorVariables }>();
   const change = requireOperator(deps, 'devices');
   const read = requireOperator(deps, 'read');

@@ -1,8 +1,8 @@
 import { Hono, type HonoRequest } from 'hono';
-import { FleetError } from '../../core/errors.js';
+import { AuthenticationError, FleetError } from '../../core/errors.js';
 import { x509 } from '../../core/pki/x509.js';
-import type { ProvisioningDeps } from '../deps.js';
-import { enroll, renew } from '../enrollment.js';
+import type { ApiDeps } from '../deps.js';
+import { enrollScreened, renew, screenEnrollmentTokens, screenRenewal } from '../enrollment.js';
 import { tlsSocketOf } from './enrollment.js';
 
 /** RFC 7030 section 4.1.3 and 4.2.3, with RFC 8951's clarification: base64 bodies, no transfer-encoding header. */
@@ -18,7 +18,11 @@ function basicCredentials(header: string | undefined): { deviceId: string; token
   const decoded = match ? Buffer.from(match[1]!, 'base64').toString('utf8') : '';
   const colon = decoded.indexOf(':');
   if (colon <= 0) {
-    throw new FleetError('unauthorized', 401, 'EST enrollment needs HTTP Basic authentication: the device id as user and the enrollment token as password');
+    throw new AuthenticationError(
+      'est_credentials_missing',
+      'unauthorized',
+      'EST enrollment needs HTTP Basic authentication: the device id as user and the enrollment token as password',
+    );
   }
   return { deviceId: decoded.slice(0, colon), token: decoded.slice(colon + 1) };
 }
@@ -31,18 +35,22 @@ async function pkcs10Body(req: HonoRequest): Promise<string> {
   return req.text();
 }
 
-export function estRoutes(deps: ProvisioningDeps) {
+export function estRoutes(deps: ApiDeps) {
   const app = new Hono();
   app.get('/.well-known/est/cacerts', (c) =>
     c.body(certsOnly([...deps.ca.issuers.map((i) => i.certificate), deps.ca.root]), 200, { 'content-type': CERTS_ONLY }),
   );
   app.post('/.well-known/est/simpleenroll', async (c) => {
+    // The credentials are in the headers: checked before the body is read.
     const credentials = basicCredentials(c.req.header('authorization'));
-    const { certificate } = await enroll(deps, { ...credentials, csr: await pkcs10Body(c.req) });
+    const [refusal] = await screenEnrollmentTokens(deps, [credentials]);
+    if (refusal) throw refusal;
+    const { certificate } = await enrollScreened(deps, { ...credentials, csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });
   // Renewal: the TLS client certificate identifies the device (RFC 7030 section 4.2.2).
   app.post('/.well-known/est/simplereenroll', async (c) => {
+    screenRenewal(deps, tlsSocketOf(c.env));
     const { certificate } = await renew(deps, tlsSocketOf(c.env), { csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });

@@ -2,7 +2,7 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { type OperatorVariables, requireOperator } from '../../core/http/operator-auth.js';
 import { apiRouter } from '../../core/http/router.js';
 import { listOperatorTokens, OPERATOR_ROLES, operatorActor, revokeOperatorToken } from '../../core/registry/index.js';
-import type { ProvisioningDeps } from '../deps.js';
+import type { ApiDeps } from '../deps.js';
 import { isoDates, problemResponses } from './schemas.js';
 
 const security = [{ operatorToken: [] }];
@@ -39,9 +39,8 @@ const revoke = createRoute({
   responses: { 200: { description: 'revoked (or already revoked)', content: { 'application/json': { schema: OperatorToken } } }, ...problemResponses(400, 401, 403, 404) },
 });
 
-export function tokenRoutes(deps: ProvisioningDeps) {
+export function tokenRoutes(deps: ApiDeps) {
   const app = apiRouter<{ Variables: OperatorVariables }>();
-  app.use('/v1/tokens', requireOperator(deps, 'tokens'));
   app.use('/v1/tokens/*', requireOperator(deps, 'tokens'));
   app.openapi(list, async (c) => c.json({ tokens: (await listOperatorTokens(deps.pool)).map(isoDates) }, 200));
   app.openapi(revoke, async (c) => {
