@@ -45,6 +45,7 @@ describe('authenticate before reading', () => {
     ['no token, bulk registration', () => chunkedHead('POST', '/v1/devices/bulk', { 'Content-Type': 'application/json' })],
     ['an unknown token, device registration', () => chunkedHead('POST', '/v1/devices', { 'Content-Type': 'application/json', Authorization: 'Bearer fleet_op_nope' })],
     ['unknown EST credentials', () => chunkedHead('POST', '/.well-known/est/simpleenroll', { 'Content-Type': 'application/pkcs10', Authorization: basic('sensor-x', randomToken()) })],
+    ['no client certificate, renewal', () => chunkedHead('POST', '/v1/renewals', { 'Content-Type': 'application/json' })],
   ] as const) {
     test(`${name}: the 401 arrives though the body never does, and the connection closes`, { timeout: 20_000 }, async () => {
       const raw = rawConnect(t.fleet.api.port, t.rootPem);
@@ -144,6 +145,9 @@ describe('slow clients are dropped', () => {
     raw.socket.write('0\r\n\r\n');
     const text = await raw.until(/\r\n\r\n\{.*\}$/s);
     assert.match(text, /^HTTP\/1\.1 201/);
+    assert.doesNotMatch(text, /connection: close/i, 'a request read to its end keeps its connection');
+    raw.socket.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    assert.match(await raw.until(/HTTP\/1\.1 200[^]*\{"status":"ok"\}$/), /keep-alive/i);
     raw.socket.destroy();
   });
 });
