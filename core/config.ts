@@ -48,15 +48,20 @@ export interface FleetConfig {
   apiLimits: ApiLimits;
 }
 
-/** The API's connection and timeout limits, and its rate limits per address and per credential. */
-export interface ApiLimits extends ServerLimits {
+/** How fast one address or one credential may ask the API, and how failed authentication backs off. */
+export interface ThrottleLimits {
   addressPerSecond: number;
   addressBurst: number;
   credentialPerSecond: number;
   credentialBurst: number;
+  /** Failed authentications an address may have before it is made to wait. */
   authFailuresFree: number;
+  /** The longest wait; also how long without a failure before an address's failures are forgotten. */
   authBackoffMaxMs: number;
 }
+
+/** The API's connection and timeout limits, and its rate limits per address and per credential. */
+export interface ApiLimits extends ServerLimits, ThrottleLimits {}
 
 const duration = (fallback: string) =>
   z

@@ -1,23 +1,12 @@
 import { createHash } from 'node:crypto';
 import type { HttpBindings } from '@hono/node-server';
 import type { Context, MiddlewareHandler } from 'hono';
+import type { ThrottleLimits } from '../core/config.js';
 import { AuthenticationError, FleetError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { rateKeyOf } from '../core/net-address.js';
 import { failureBackoff, tokenBuckets } from '../core/rate-limit.js';
 import type { ApiMetrics } from './metrics.js';
-
-/** How fast one address or one credential may ask, and how failed authentication backs off. */
-export interface ThrottleLimits {
-  addressPerSecond: number;
-  addressBurst: number;
-  credentialPerSecond: number;
-  credentialBurst: number;
-  /** Failed authentications an address may have before it is made to wait. */
-  authFailuresFree: number;
-  /** The longest wait; also how long without a failure before an address's failures are forgotten. */
-  authBackoffMaxMs: number;
-}
 
 /** What a credential is: each kind is limited on its own. */
 export type CredentialKind = 'operator_token' | 'enrollment_token' | 'device' | 'certificate';

@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { createOperatorToken } from '../core/registry/index.js';
 import { startTestFleet, type TestFleet } from './support/fleet.js';
-import { parseExposition, sampleValue } from './support/prometheus.js';
+import { scrapedValue } from './support/prometheus.js';
 import { chunk, chunkedHead, rawConnect } from './support/raw-tls.js';
 
 /**
@@ -27,10 +27,7 @@ async function brokenCsr(deviceId: string): Promise<string> {
 const randomToken = () => `fleet_enroll_${randomBytes(32).toString('base64url')}`;
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 
-async function metric(t: TestFleet, name: string, labels: Record<string, string>): Promise<number> {
-  const res = await fetch(`http://127.0.0.1:${t.fleet.metricsPort}/metrics`);
-  return sampleValue(parseExposition(await res.text()), name, labels) ?? 0;
-}
+const metric = (t: TestFleet, name: string, labels: Record<string, string>) => scrapedValue(t.fleet.metricsPort, name, labels);
 
 describe('authenticate before reading', () => {
   let t: TestFleet;

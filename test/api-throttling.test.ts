@@ -5,7 +5,7 @@ import { createLogger, type Logger } from '../core/log.js';
 import { createOperatorToken } from '../core/registry/index.js';
 import { startTestFleet, type TestFleet } from './support/fleet.js';
 import type { HttpResult } from './support/http.js';
-import { parseExposition, sampleValue } from './support/prometheus.js';
+import { scrapedValue } from './support/prometheus.js';
 
 /**
  * Rate limits per address and per credential, and backoff after failed authentication, all answered
@@ -35,10 +35,7 @@ function assertThrottled(res: HttpResult, code: string, retryAfter?: number): vo
   assert.equal(res.json.retryAfter, header);
 }
 
-async function metric(t: TestFleet, name: string, labels: Record<string, string>): Promise<number> {
-  const res = await fetch(`http://127.0.0.1:${t.fleet.metricsPort}/metrics`);
-  return sampleValue(parseExposition(await res.text()), name, labels) ?? 0;
-}
+const metric = (t: TestFleet, name: string, labels: Record<string, string>) => scrapedValue(t.fleet.metricsPort, name, labels);
 
 const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 const unknownOperatorToken = () => `fleet_op_${randomBytes(32).toString('base64url')}`;
