@@ -17,17 +17,36 @@ export const MAX_BODY_BYTES = 64 * 1024;
 /** Bulk registration and batch enrollment carry thousands of rows. */
 const LARGE_BODY_PATHS = new Set(['/v1/devices/bulk', '/v1/enrollments/batch']);
 
-export function createProvisioningApp(provisioning: ProvisioningDeps) {
-  const deps: ApiDeps = { ...provisioning, throttle: createApiThrottle(provisioning) };
+/** What the routes run on, with the one throttle both listeners share, so an address has one allowance. */
+export const apiDeps = (deps: ProvisioningDeps): ApiDeps => ({ ...deps, throttle: createApiThrottle(deps) });
+
+/**
+ * Every listener's front. Order matters: throttling first, then the body limit, which reads nothing
+ * itself, so each route authenticates from headers before the first body byte is read.
+ */
+function guardedRouter(deps: ApiDeps) {
   const app = apiRouter();
   installProblemHandlers(app, deps.log);
-  // Order matters: throttling first, then the body limit, which reads nothing itself, so each route
-  // authenticates from headers before the first body byte is read.
   app.use(deps.throttle.middleware);
   app.use(streamingBodyLimit((path) => (LARGE_BODY_PATHS.has(path) ? MAX_BULK_BODY_BYTES : MAX_BODY_BYTES)));
-  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  return app;
+}
+
+/**
+ * The signed objects, public by nature: CA certificates, CRLs, OCSP. Made once and served by both
+ * listeners, so they share one CRL publisher and one OCSP responder.
+ */
+export function signedObjectRoutes(deps: ProvisioningDeps) {
+  const app = apiRouter();
   app.route('/', pkiRoutes(deps));
   app.route('/', ocspRoutes(deps));
+  return app;
+}
+
+export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjectRoutes(deps)) {
+  const app = guardedRouter(deps);
+  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  app.route('/', signedObjects);
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
@@ -35,5 +54,15 @@ export function createProvisioningApp(provisioning: ProvisioningDeps) {
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
   app.route('/', docsRoutes());
   app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
+  return app;
+}
+
+/**
+ * The plain-HTTP PKI listener's app: the signed objects and nothing else. They carry their own
+ * signatures, so a relying party can fetch them before it trusts our root, as from a public CA.
+ */
+export function createPkiApp(deps: ApiDeps, signedObjects: ReturnType<typeof signedObjectRoutes>) {
+  const app = guardedRouter(deps);
+  app.route('/', signedObjects);
   return app;
 }

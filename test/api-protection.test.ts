@@ -77,6 +77,12 @@ describe('authenticate before reading', () => {
     await raw.closed;
   });
 
+  test('a GET that carries a body is answered, its body unread', async () => {
+    const res = await t.api('GET', '/v1/devices/nobody', { token: t.adminToken, body: '{}', headers: { 'content-type': 'application/json', 'content-length': '2' } });
+    assert.equal(res.status, 404, res.text);
+    assert.equal(res.json.code, 'device_not_found');
+  });
+
   test('an enrollment looks its token up before it verifies the CSR', async () => {
     const res = await t.api('POST', '/v1/enrollments', { json: { token: randomToken(), csr: await brokenCsr('cheap-1') } });
     assert.equal(res.status, 401, res.text);
