@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import { type Database, openDatabase } from '../core/db/database.js';
 import { FleetError } from '../core/errors.js';
@@ -10,6 +10,7 @@ import { createLogger, stderrDestination } from '../core/log.js';
 import {
   announceCaChange,
   createOperatorToken,
+  listOperatorTokens,
   OPERATOR_ROLES,
   type OperatorRole,
   registerDevice,
@@ -21,8 +22,11 @@ import {
   revokeBatch,
   revokeCertificate,
   revokeDevice,
+  revokeOperatorToken,
   suspendDevice,
+  type OperatorTokenRecord,
 } from '../core/registry/index.js';
+import { parseDuration } from '../core/duration.js';
 import { bulkFromCsv, tokensAsCsv } from '../provisioning/api/bulk.js';
 import { registerSimCommand } from '../device-sim/cli.js';
 import { startSimBackend } from './sim-backend.js';
@@ -81,13 +85,30 @@ export function registerCommands(program: Command): void {
     .description('create an operator API token; it is printed once, on the last line of stdout')
     .addOption(new Option('--role <role>', 'what the token may do').choices(OPERATOR_ROLES).makeOptionMandatory())
     .option('--name <name>', 'who or what the token is for', 'operator')
-    .action(async (options: { role: OperatorRole; name: string }) => {
+    .option('--ttl <duration>', 'let it expire after this long (90d, 12h, 30m); without it, it lasts until revoked', durationOption)
+    .action(async (options: { role: OperatorRole; name: string; ttl?: number }) => {
       const created = await withRegistry((db) =>
-        createOperatorToken(db.pool, { name: options.name, role: options.role, actor: cliActor(), now: new Date() }),
+        createOperatorToken(db.pool, { name: options.name, role: options.role, actor: cliActor(), now: new Date(), ttlMs: options.ttl }),
       );
-      explain(`Created ${created.role} token ${created.id} for "${created.name}". It is shown once; store it now.`);
+      const expiry = created.expiresAt ? `; it expires at ${created.expiresAt.toISOString()}` : '';
+      explain(`Created ${created.role} token ${created.id} for "${created.name}"${expiry}. It is shown once; store it now.`);
       explain('Use it as: Authorization: Bearer <token>');
       printSecret(created.token);
+    });
+  token
+    .command('list')
+    .description('list operator tokens: id, role, name, expiry, last use (never the tokens themselves)')
+    .action(async () => {
+      const tokens = await withRegistry((db) => listOperatorTokens(db.pool));
+      process.stdout.write(operatorTokenTable(tokens, new Date()));
+    });
+  token
+    .command('revoke')
+    .description('revoke an operator token; it is refused from its next request on')
+    .argument('<id>', 'the token id, as fleet token list shows it')
+    .action(async (id: string) => {
+      const revoked = await withRegistry((db) => revokeOperatorToken(db.pool, { id, actor: cliActor(), now: new Date() }));
+      explain(`Token ${revoked.id} ("${revoked.name}", ${revoked.role}) is revoked since ${revoked.revokedAt!.toISOString()}.`);
     });
 
   const device = program.command('device').description('devices in the registry');
@@ -221,6 +242,25 @@ export function registerCommands(program: Command): void {
     });
 
   registerSimCommand(program, startSimBackend);
+}
+
+function durationOption(text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new InvalidArgumentError('give a duration such as 90d, 12h or 30m');
+  return ms;
+}
+
+/** One line per token, aligned for people; the status column says whether it still works. */
+export function operatorTokenTable(tokens: OperatorTokenRecord[], now: Date): string {
+  const when = (d: Date | null) => (d ? d.toISOString().replace(/\.\d{3}Z$/, 'Z') : '-');
+  const status = (t: OperatorTokenRecord) =>
+    t.revokedAt ? 'revoked' : t.expiresAt && t.expiresAt.getTime() <= now.getTime() ? 'expired' : 'active';
+  const rows = [
+    ['ID', 'ROLE', 'STATUS', 'NAME', 'CREATED', 'EXPIRES', 'LAST USED'],
+    ...tokens.map((t) => [t.id, t.role, status(t), t.name, when(t.createdAt), when(t.expiresAt), when(t.lastUsedAt)]),
+  ];
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
 }
 
 async function readStdin(): Promise<string> {

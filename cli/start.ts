@@ -4,6 +4,7 @@ import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
+import { createApiMetrics } from '../provisioning/metrics.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
 import type { FleetConfig } from '../core/config.js';
@@ -64,7 +65,7 @@ export async function startFleet(
     );
     started.push(broker);
     const api = await startProvisioningApi(
-      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log },
+      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, limits: config.apiLimits, metrics: createApiMetrics(metrics.registry) },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
     );
     started.push(api);

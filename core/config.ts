@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
+import type { ServerLimits } from './http/server-limits.js';
 import { KEY_KINDS, type KeyKind } from './pki/key-kinds.js';
 
 /** Everything a fleet-auth process can be told from its environment, validated once at start. */
@@ -49,7 +50,24 @@ export interface FleetConfig {
   brokerMaxPacketBytes: number;
   /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
   brokerKeepaliveMaxSeconds: number;
+  /** How much of the provisioning API one client may use (FLEET_API_*). */
+  apiLimits: ApiLimits;
 }
+
+/** How fast one address or one credential may ask the API, and how failed authentication backs off. */
+export interface ThrottleLimits {
+  addressPerSecond: number;
+  addressBurst: number;
+  credentialPerSecond: number;
+  credentialBurst: number;
+  /** Failed authentications an address may have before it is made to wait. */
+  authFailuresFree: number;
+  /** The longest wait; also how long without a failure before an address's failures are forgotten. */
+  authBackoffMaxMs: number;
+}
+
+/** The API's connection and timeout limits, and its rate limits per address and per credential. */
+export interface ApiLimits extends ServerLimits, ThrottleLimits {}
 
 const duration = (fallback: string) =>
   z
@@ -122,6 +140,17 @@ const schema = z.object({
   FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
   // MQTT's keepalive field is 16 bits.
   FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
+  FLEET_API_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(1024),
+  FLEET_API_HEADERS_TIMEOUT: duration('10s'),
+  FLEET_API_REQUEST_TIMEOUT: duration('2m'),
+  FLEET_API_BODY_MIN_RATE: z.coerce.number().int().min(1).default(1024),
+  FLEET_API_BODY_RATE_WINDOW: duration('10s'),
+  FLEET_API_RATE: z.coerce.number().positive().default(200),
+  FLEET_API_BURST: z.coerce.number().int().min(1).default(400),
+  FLEET_API_CREDENTIAL_RATE: z.coerce.number().positive().default(20),
+  FLEET_API_CREDENTIAL_BURST: z.coerce.number().int().min(1).default(200),
+  FLEET_API_AUTH_FAILURES: z.coerce.number().int().min(0).default(20),
+  FLEET_API_AUTH_BACKOFF_MAX: duration('15m'),
 });
 
 export class ConfigError extends Error {
@@ -170,5 +199,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,
     brokerMaxPacketBytes: e.FLEET_BROKER_MAX_PACKET_BYTES,
     brokerKeepaliveMaxSeconds: e.FLEET_BROKER_KEEPALIVE_MAX,
+    apiLimits: {
+      maxConnections: e.FLEET_API_MAX_CONNECTIONS,
+      headersTimeoutMs: e.FLEET_API_HEADERS_TIMEOUT,
+      requestTimeoutMs: e.FLEET_API_REQUEST_TIMEOUT,
+      bodyMinBytesPerSecond: e.FLEET_API_BODY_MIN_RATE,
+      bodyRateWindowMs: e.FLEET_API_BODY_RATE_WINDOW,
+      addressPerSecond: e.FLEET_API_RATE,
+      addressBurst: e.FLEET_API_BURST,
+      credentialPerSecond: e.FLEET_API_CREDENTIAL_RATE,
+      credentialBurst: e.FLEET_API_CREDENTIAL_BURST,
+      authFailuresFree: e.FLEET_API_AUTH_FAILURES,
+      authBackoffMaxMs: e.FLEET_API_AUTH_BACKOFF_MAX,
+    },
   };
 }

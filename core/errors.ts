@@ -13,3 +13,17 @@ export class FleetError extends Error {
     super(message);
   }
 }
+
+/**
+ * A refused credential (401). `reason` says which check failed, from a closed set, for the log line
+ * and the metric; the client sees only the code and message.
+ */
+export class AuthenticationError extends FleetError {
+  constructor(
+    readonly reason: string,
+    code: string,
+    message: string,
+  ) {
+    super(code, 401, message);
+  }
+}

@@ -1,6 +1,5 @@
-import { bodyLimit } from 'hono/body-limit';
-import { FleetError } from '../core/errors.js';
-import { installProblemHandlers, problemResponse } from '../core/http/problem.js';
+import { installProblemHandlers } from '../core/http/problem.js';
+import { streamingBodyLimit } from '../core/http/body-limit.js';
 import { apiRouter } from '../core/http/router.js';
 import { MAX_BULK_BODY_BYTES } from './api/bulk.js';
 import { deviceRoutes } from './api/devices.js';
@@ -9,23 +8,28 @@ import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
 import { ocspRoutes } from './api/ocsp.js';
 import { pkiRoutes } from './api/pki.js';
-import type { ProvisioningDeps } from './deps.js';
+import { tokenRoutes } from './api/tokens.js';
+import type { ApiDeps, ProvisioningDeps } from './deps.js';
+import { createApiThrottle } from './throttle.js';
 
 /** Requests are small (a CSR is under 2 KiB); anything larger is refused before it is read. */
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Bulk registration and batch enrollment carry thousands of rows. */
 const LARGE_BODY_PATHS = new Set(['/v1/devices/bulk', '/v1/enrollments/batch']);
 
-/** Bodies past `maxSize` (by path) are refused before they are read. */
-function limitBodies(app: ReturnType<typeof apiRouter>) {
-  const limit = (maxSize: number) =>
-    bodyLimit({
-      maxSize,
-      onError: (c) => problemResponse(c, new FleetError('body_too_large', 413, `the body of ${c.req.path} is limited to ${maxSize} bytes`)),
-    });
-  const small = limit(MAX_BODY_BYTES);
-  const large = limit(MAX_BULK_BODY_BYTES);
-  app.use((c, next) => (LARGE_BODY_PATHS.has(c.req.path) ? large : small)(c, next));
+/** What the routes run on, with the one throttle both listeners share, so an address has one allowance. */
+export const apiDeps = (deps: ProvisioningDeps): ApiDeps => ({ ...deps, throttle: createApiThrottle(deps) });
+
+/**
+ * Every listener's front. Order matters: throttling first, then the body limit, which reads nothing
+ * itself, so each route authenticates from headers before the first body byte is read.
+ */
+function guardedRouter(deps: ApiDeps) {
+  const app = apiRouter();
+  installProblemHandlers(app, deps.log);
+  app.use(deps.throttle.middleware);
+  app.use(streamingBodyLimit((path) => (LARGE_BODY_PATHS.has(path) ? MAX_BULK_BODY_BYTES : MAX_BODY_BYTES)));
+  return app;
 }
 
 /**
@@ -39,15 +43,14 @@ export function signedObjectRoutes(deps: ProvisioningDeps) {
   return app;
 }
 
-export function createProvisioningApp(deps: ProvisioningDeps, signedObjects = signedObjectRoutes(deps)) {
-  const app = apiRouter();
-  installProblemHandlers(app, deps.log);
-  limitBodies(app);
+export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjectRoutes(deps)) {
+  const app = guardedRouter(deps);
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.route('/', signedObjects);
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
+  app.route('/', tokenRoutes(deps));
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
   app.route('/', docsRoutes());
   app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
@@ -58,10 +61,8 @@ export function createProvisioningApp(deps: ProvisioningDeps, signedObjects = si
  * The plain-HTTP PKI listener's app: the signed objects and nothing else. They carry their own
  * signatures, so a relying party can fetch them before it trusts our root, as from a public CA.
  */
-export function createPkiApp(deps: ProvisioningDeps, signedObjects: ReturnType<typeof signedObjectRoutes>) {
-  const app = apiRouter();
-  installProblemHandlers(app, deps.log);
-  limitBodies(app);
+export function createPkiApp(deps: ApiDeps, signedObjects: ReturnType<typeof signedObjectRoutes>) {
+  const app = guardedRouter(deps);
   app.route('/', signedObjects);
   return app;
 }

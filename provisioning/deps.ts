@@ -1,7 +1,10 @@
 import type pg from 'pg';
+import type { ApiLimits } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
+import type { ApiMetrics } from './metrics.js';
 import type { IssuancePolicy } from './policy.js';
+import type { ApiThrottle } from './throttle.js';
 
 /** What the provisioning API runs on; tests pass real ones with test settings. */
 export interface ProvisioningDeps {
@@ -11,4 +14,12 @@ export interface ProvisioningDeps {
   enrollmentTokenTtlMs: number;
   clock: () => Date;
   log: Logger;
+  /** Connection, timeout, rate and backoff limits (FLEET_API_* in the environment). */
+  limits: ApiLimits;
+  metrics: ApiMetrics;
+}
+
+/** What routes that take credentials get besides: the one throttle of this API. */
+export interface ApiDeps extends ProvisioningDeps {
+  throttle: ApiThrottle;
 }

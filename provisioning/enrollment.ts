@@ -3,9 +3,9 @@ import { FleetError } from '../core/errors.js';
 import type { IssuingCa } from '../core/pki/authority.js';
 import { issuingCaOf } from '../core/pki/issued-by.js';
 import { normalizeFingerprint, sha256Hex, x509 } from '../core/pki/x509.js';
-import { enrollWithToken, renewCertificate } from '../core/registry/index.js';
+import { enrollWithToken, knownEnrollmentTokens, type PresentedToken, renewCertificate, unknownEnrollmentToken } from '../core/registry/index.js';
 import { acceptCsr } from './csr.js';
-import type { ProvisioningDeps } from './deps.js';
+import type { ApiDeps, ProvisioningDeps } from './deps.js';
 import { checkSubject, issueDeviceCertificate, lifetimeFor } from './policy.js';
 
 export interface Issued {
@@ -33,10 +33,39 @@ function signerFor(deps: ProvisioningDeps, csr: x509.Pkcs10CertificateRequest, l
 }
 
 /**
- * CSR → policy → CA → registry, for a factory or device holding a one-time token. Checks that need no
- * database run first, so a bad CSR never holds a token lock.
+ * The cheap checks an enrollment passes before its CSR is even parsed: each credential within its
+ * rate, then each token known (one lookup by hash for all of them). Answers, per token, the refusal
+ * or undefined; the expensive work is left for tokens we issued.
  */
-export async function enroll(deps: ProvisioningDeps, request: CsrSubmission & { token: string; deviceId?: string }): Promise<Issued> {
+export async function screenEnrollmentTokens(deps: ApiDeps, presented: PresentedToken[]): Promise<(FleetError | undefined)[]> {
+  const refusals = presented.map((p) => {
+    try {
+      if (p.deviceId !== undefined) deps.throttle.admitCredential('device', p.deviceId);
+      deps.throttle.admitCredential('enrollment_token', p.token);
+      return undefined;
+    } catch (error) {
+      if (error instanceof FleetError) return error;
+      throw error;
+    }
+  });
+  const admitted = presented.filter((_, i) => !refusals[i]);
+  const known = await knownEnrollmentTokens(deps.pool, admitted);
+  let next = 0;
+  return refusals.map((refusal) => refusal ?? (known[next++] ? undefined : unknownEnrollmentToken()));
+}
+
+/** Enrollment with one token: screened first, so an unknown token never costs a CSR verification. */
+export async function enroll(deps: ApiDeps, request: CsrSubmission & PresentedToken): Promise<Issued> {
+  const [refusal] = await screenEnrollmentTokens(deps, [request]);
+  if (refusal) throw refusal;
+  return enrollScreened(deps, request);
+}
+
+/**
+ * CSR → policy → CA → registry, for a factory or device holding a one-time token that passed
+ * screening. Checks that need no database run first, so a bad CSR never holds a token lock.
+ */
+export async function enrollScreened(deps: ProvisioningDeps, request: CsrSubmission & PresentedToken): Promise<Issued> {
   const csr = await acceptCsr(deps.policy, request.csr);
   const lifetimeMs = lifetimeFor(deps.policy, request.lifetime);
   const now = deps.clock();
@@ -64,6 +93,11 @@ export function presentedCertificate(socket: TLSSocket, issuers: readonly Issuin
     throw new FleetError('client_certificate_invalid', 401, 'the client certificate was not issued by one of this CA\'s issuing CAs; present the device certificate this CA issued, or re-enroll');
   }
   return { fingerprint: normalizeFingerprint(peer.fingerprint256) };
+}
+
+/** Renewal's cheap checks, before the body is read: a certificate of ours, presented within its rate. */
+export function screenRenewal(deps: ApiDeps, socket: TLSSocket): void {
+  deps.throttle.admitCredential('certificate', presentedCertificate(socket, deps.ca.issuers).fingerprint);
 }
 
 /** Renewal over mTLS: the presented certificate proves the device, the CSR carries its new key. */

@@ -2,9 +2,10 @@ import http from 'node:http';
 import https from 'node:https';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
+import { createAdaptorServer } from '@hono/node-server';
+import { limitConnections, serverTimeouts } from '../core/http/server-limits.js';
 import { secureContextOptions } from '../core/pki/tls.js';
-import { createPkiApp, createProvisioningApp, signedObjectRoutes } from './app.js';
+import { apiDeps, createPkiApp, createProvisioningApp, signedObjectRoutes } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
 
 export interface RunningApi {
@@ -25,19 +26,39 @@ export async function startProvisioningApi(
   deps: ProvisioningDeps,
   options: { host?: string; port: number; pkiHttpPort?: number },
 ): Promise<RunningApi> {
-  const signedObjects = signedObjectRoutes(deps);
-  const app = createProvisioningApp(deps, signedObjects);
-  const server = serve({
-    fetch: app.fetch,
-    port: options.port,
-    hostname: options.host,
-    createServer: https.createServer,
-    serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false },
-  }) as https.Server;
+  const api = apiDeps(deps);
+  const signedObjects = signedObjectRoutes(api);
+  // Both listeners take the same timeouts, connection cap and slow-body rule.
+  const guarded = <S extends http.Server | https.Server>(server: S): S => {
+    limitConnections(server, deps.limits, (reason, address) => {
+      deps.metrics.dropped(reason);
+      deps.log.info({ address, reason }, 'API connection dropped');
+    });
+    return server;
+  };
+  const server = guarded(
+    createAdaptorServer({
+      fetch: createProvisioningApp(api, signedObjects).fetch,
+      hostname: options.host,
+      createServer: https.createServer,
+      serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false, ...serverTimeouts(deps.limits) },
+    }) as https.Server,
+  );
   const servers: (http.Server | https.Server)[] = [server];
   if (options.pkiHttpPort !== undefined) {
-    servers.push(serve({ fetch: createPkiApp(deps, signedObjects).fetch, port: options.pkiHttpPort, hostname: options.host, createServer: http.createServer }) as http.Server);
+    servers.push(
+      guarded(
+        createAdaptorServer({
+          fetch: createPkiApp(api, signedObjects).fetch,
+          hostname: options.host,
+          createServer: http.createServer,
+          serverOptions: serverTimeouts(deps.limits),
+        }) as http.Server,
+      ),
+    );
   }
+  server.listen(options.port, options.host);
+  servers[1]?.listen(options.pkiHttpPort, options.host);
   for (const s of servers) if (!s.listening) await once(s, 'listening');
   const port = (server.address() as AddressInfo).port;
   const pkiHttpPort = servers[1] ? (servers[1].address() as AddressInfo).port : undefined;

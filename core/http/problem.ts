@@ -17,6 +17,7 @@ const TITLES: Record<number, string> = {
   409: 'Conflict',
   413: 'Content Too Large',
   415: 'Unsupported Media Type',
+  429: 'Too Many Requests',
   500: 'Internal Server Error',
   503: 'Service Unavailable',
 };
@@ -42,6 +43,7 @@ export function problemResponse(c: Context, error: FleetError): Response {
       ? 'Basic realm="fleet-auth EST", charset="UTF-8"'
       : 'Bearer realm="fleet-auth"';
   }
+  if (typeof error.extra.retryAfter === 'number') headers['retry-after'] = String(error.extra.retryAfter);
   return c.body(JSON.stringify(body), error.status as ContentfulStatusCode, headers);
 }
 

@@ -3,6 +3,7 @@ import { inTransaction } from '../db/transaction.js';
 import { FleetError } from '../errors.js';
 import { recordAudit } from './audit.js';
 import { type CertificateRecord, insertCertificate } from './certificates.js';
+import { unknownEnrollmentToken } from './enrollment-tokens.js';
 import { ENROLLMENT_TOKEN_PREFIX, hashSecret } from './secrets.js';
 
 const SELECT_TOKEN_FOR_UPDATE = `
@@ -48,9 +49,6 @@ export interface EnrollmentResult {
   replayed: boolean;
 }
 
-const unknownToken = () =>
-  new FleetError('token_unknown', 401, 'the enrollment token is not known for this device; ask an operator for a new one (fleet device add)');
-
 const toRecord = (r: Record<string, any>): CertificateRecord => ({
   serial: r.serial,
   fingerprint: r.fingerprint,
@@ -71,12 +69,12 @@ export async function enrollWithToken(
   request: EnrollmentRequest,
   issue: (deviceId: string) => Promise<CertificateRecord>,
 ): Promise<EnrollmentResult> {
-  if (!request.token.startsWith(ENROLLMENT_TOKEN_PREFIX)) throw unknownToken();
+  if (!request.token.startsWith(ENROLLMENT_TOKEN_PREFIX)) throw unknownEnrollmentToken();
   const tokenHash = hashSecret(request.token);
   return inTransaction(pool, async (tx) => {
     const found = await tx.query(SELECT_TOKEN_FOR_UPDATE, [tokenHash]);
     const token = found.rows[0];
-    if (!token || (request.deviceId !== undefined && token.device_id !== request.deviceId)) throw unknownToken();
+    if (!token || (request.deviceId !== undefined && token.device_id !== request.deviceId)) throw unknownEnrollmentToken();
     const deviceId: string = token.device_id;
     if (token.device_status === 'revoked') {
       throw new FleetError('device_revoked', 403, `device ${deviceId} is revoked and cannot enroll`);

@@ -7,6 +7,8 @@ export * from './crls.js';
 export * from './change-feed.js';
 export * from './devices.js';
 export * from './enrollment.js';
+export * from './enrollment-tokens.js';
+export * from './identity-kinds.js';
 export * from './operators.js';
 export * from './presence.js';
 export * from './renewal.js';

@@ -1,10 +1,13 @@
 import { createRoute, z } from '@hono/zod-openapi';
+import type { Context, Next } from 'hono';
 import { FleetError } from '../../core/errors.js';
-import { type OperatorVariables, requireOperator } from '../../core/http/operator-auth.js';
+import { forbidden, mayDo, type OperatorVariables, requireOperator } from '../../core/http/operator-auth.js';
 import { apiRouter } from '../../core/http/router.js';
 import {
   getCertificate,
   getDevice,
+  identityKindsOf,
+  type IdentityTarget,
   operatorActor,
   registerDevice,
   registerDevices,
@@ -18,7 +21,7 @@ import {
   SERVICE_ROLE_PATTERN,
   suspendDevice,
 } from '../../core/registry/index.js';
-import type { ProvisioningDeps } from '../deps.js';
+import type { ApiDeps } from '../deps.js';
 import { BulkRequest, readBulkRegistration, tokensAsCsv } from './bulk.js';
 import {
   BatchName,
@@ -142,12 +145,31 @@ const tokenGrantBody = (g: { device: RegistryDevice; enrollmentToken: string; en
 /** With an optional body the validator does not run when none is sent, so the default lives here. */
 const reasonOf = (body: unknown): RevocationReasonName => (body as { reason?: RevocationReasonName } | undefined)?.reason ?? 'unspecified';
 
-export function deviceRoutes(deps: ProvisioningDeps) {
+/**
+ * Service identities read and command across the whole fleet, so issuing, revoking, suspending or
+ * resuming one takes the "services" permission (admins); operators manage devices only. Runs after
+ * authentication and before the body is read; admins skip the lookup.
+ */
+function requireKindPermission(deps: ApiDeps, targetOf: (param: (name: string) => string) => IdentityTarget) {
+  return async (c: Context<{ Variables: OperatorVariables }>, next: Next) => {
+    const operator = c.get('operator');
+    if (!mayDo(operator, 'services')) {
+      const kinds = await identityKindsOf(deps.pool, targetOf((name) => c.req.param(name) ?? ''));
+      if (kinds.includes('service')) throw forbidden(operator, 'services', 'issue, revoke, suspend or resume a service identity');
+    }
+    await next();
+  };
+}
+
+export function deviceRoutes(deps: ApiDeps) {
   const app = apiRouter<{ Variables: OperatorVariables }>();
-  const change = requireOperator(deps.pool, 'devices');
-  const read = requireOperator(deps.pool, 'read');
+  const change = requireOperator(deps, 'devices');
+  const read = requireOperator(deps, 'read');
   app.on('POST', ['/v1/devices', '/v1/devices/*', '/v1/certificates/*', '/v1/batches/*'], change);
   app.on('GET', ['/v1/devices/*', '/v1/certificates/*'], read);
+  app.on('POST', '/v1/devices/:id/:action', requireKindPermission(deps, (param) => ({ deviceId: param('id') })));
+  app.on('POST', '/v1/certificates/:serial/revoke', requireKindPermission(deps, (param) => ({ serial: param('serial') })));
+  app.on('POST', '/v1/batches/:name/revoke', requireKindPermission(deps, (param) => ({ batch: param('name') })));
   const who = (c: { get(key: 'operator'): OperatorVariables['operator'] }) => ({ actor: operatorActor(c.get('operator')), now: deps.clock() });
 
   // Bulk registration reads JSON or CSV itself, so it is a plain route documented by hand.
@@ -181,7 +203,7 @@ export function deviceRoutes(deps: ProvisioningDeps) {
   });
 
   // Service identities read across the fleet, so only admins create them.
-  app.use('/v1/services', requireOperator(deps.pool, 'tokens'));
+  app.use('/v1/services', requireOperator(deps, 'services'));
   app.openapi(registerService, async (c) => {
     const { id, role } = c.req.valid('json');
     const registered = await registerDevice(deps.pool, { deviceId: id, serviceRole: role, tokenTtlMs: deps.enrollmentTokenTtlMs, ...who(c) });

@@ -5,8 +5,8 @@ import { FleetError } from '../../core/errors.js';
 import { problemBody } from '../../core/http/problem.js';
 import { apiRouter } from '../../core/http/router.js';
 import { fingerprintOf, pemChain } from '../../core/pki/x509.js';
-import type { ProvisioningDeps } from '../deps.js';
-import { enroll, type Issued, renew } from '../enrollment.js';
+import type { ApiDeps, ProvisioningDeps } from '../deps.js';
+import { enroll, enrollScreened, type Issued, renew, screenEnrollmentTokens, screenRenewal } from '../enrollment.js';
 import { IssuedCertificate, Lifetime, problemResponses } from './schemas.js';
 import { mapLimited } from '../../core/concurrency.js';
 
@@ -89,7 +89,7 @@ export function issuedBody(deps: ProvisioningDeps, issued: Issued) {
 
 export const tlsSocketOf = (env: unknown): TLSSocket => (env as HttpBindings).incoming.socket as TLSSocket;
 
-export function enrollmentRoutes(deps: ProvisioningDeps) {
+export function enrollmentRoutes(deps: ApiDeps) {
   const app = apiRouter();
 
   app.openapi(enrollRoute, async (c) => {
@@ -99,9 +99,14 @@ export function enrollmentRoutes(deps: ProvisioningDeps) {
 
   app.openapi(batchRoute, async (c) => {
     const { enrollments } = c.req.valid('json');
+    // Every token is screened, in one lookup, before any CSR is parsed.
+    const refusals = await screenEnrollmentTokens(deps, enrollments);
+    const unknown = refusals.filter((r) => r?.status === 401).length;
+    if (unknown > 0) deps.throttle.failed(c, 'token_unknown', unknown);
     const results = await mapLimited(enrollments, BATCH_CONCURRENCY, async (request, index) => {
       try {
-        const issued = await enroll(deps, request);
+        if (refusals[index]) throw refusals[index];
+        const issued = await enrollScreened(deps, request);
         return { index, status: issued.replayed ? 200 : 201, certificate: issuedBody(deps, issued) };
       } catch (error) {
         if (!(error instanceof FleetError)) deps.log.error({ err: error, index }, 'batch enrollment item failed');
@@ -113,6 +118,11 @@ export function enrollmentRoutes(deps: ProvisioningDeps) {
     return c.json({ issued, failed: results.length - issued, results }, 200);
   });
 
+  // The client certificate is checked before the body is read.
+  app.use(renewRoute.path, async (c, next) => {
+    screenRenewal(deps, tlsSocketOf(c.env));
+    await next();
+  });
   app.openapi(renewRoute, async (c) => {
     const issued = await renew(deps, tlsSocketOf(c.env), c.req.valid('json'));
     return c.json(issuedBody(deps, issued), 201);

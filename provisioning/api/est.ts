@@ -1,7 +1,7 @@
 import { Hono, type HonoRequest } from 'hono';
-import { FleetError } from '../../core/errors.js';
-import type { ProvisioningDeps } from '../deps.js';
-import { enroll, renew } from '../enrollment.js';
+import { AuthenticationError, FleetError } from '../../core/errors.js';
+import type { ApiDeps } from '../deps.js';
+import { enrollScreened, renew, screenEnrollmentTokens, screenRenewal } from '../enrollment.js';
 import { CERTS_ONLY, certsOnly, CSR_ATTRS, csrAttributes } from '../est-encoding.js';
 import { tlsSocketOf } from './enrollment.js';
 
@@ -16,7 +16,11 @@ function basicCredentials(header: string | undefined): { deviceId: string; token
   const decoded = match ? Buffer.from(match[1]!, 'base64').toString('utf8') : '';
   const colon = decoded.lastIndexOf(':');
   if (colon <= 0) {
-    throw new FleetError('unauthorized', 401, 'EST enrollment needs HTTP Basic authentication: the device id as user and the enrollment token as password');
+    throw new AuthenticationError(
+      'est_credentials_missing',
+      'unauthorized',
+      'EST enrollment needs HTTP Basic authentication: the device id as user and the enrollment token as password',
+    );
   }
   return { deviceId: decoded.slice(0, colon), token: decoded.slice(colon + 1) };
 }
@@ -29,7 +33,7 @@ async function pkcs10Body(req: HonoRequest): Promise<string> {
   return req.text();
 }
 
-export function estRoutes(deps: ProvisioningDeps) {
+export function estRoutes(deps: ApiDeps) {
   const app = new Hono();
   app.get('/.well-known/est/cacerts', (c) =>
     c.body(certsOnly([...deps.ca.issuers.map((i) => i.certificate), deps.ca.root]), 200, { 'content-type': CERTS_ONLY }),
@@ -37,12 +41,16 @@ export function estRoutes(deps: ProvisioningDeps) {
   // RFC 7030 4.5: what a CSR must carry here, so a client can build one without reading our docs.
   app.get('/.well-known/est/csrattrs', (c) => c.body(csrAttributes(deps.policy.allowedKeys), 200, { 'content-type': CSR_ATTRS }));
   app.post('/.well-known/est/simpleenroll', async (c) => {
+    // The credentials are in the headers: checked before the body is read.
     const credentials = basicCredentials(c.req.header('authorization'));
-    const { certificate } = await enroll(deps, { ...credentials, csr: await pkcs10Body(c.req) });
+    const [refusal] = await screenEnrollmentTokens(deps, [credentials]);
+    if (refusal) throw refusal;
+    const { certificate } = await enrollScreened(deps, { ...credentials, csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });
   // Renewal: the TLS client certificate identifies the device (RFC 7030 section 4.2.2).
   app.post('/.well-known/est/simplereenroll', async (c) => {
+    screenRenewal(deps, tlsSocketOf(c.env));
     const { certificate } = await renew(deps, tlsSocketOf(c.env), { csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });

@@ -97,6 +97,13 @@ export async function startTestFleet(
     FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     ...(database.url ? { DATABASE_URL: database.url } : {}),
+    // Tests send many requests, many of them refused on purpose, from one address; the tests of
+    // throttling itself set these low.
+    FLEET_API_RATE: '1000000',
+    FLEET_API_BURST: '1000000',
+    FLEET_API_CREDENTIAL_RATE: '1000000',
+    FLEET_API_CREDENTIAL_BURST: '1000000',
+    FLEET_API_AUTH_FAILURES: '1000000',
     ...options.env,
   });
   // A restart below keeps the same time, so deadlines and admission go on from where they were.

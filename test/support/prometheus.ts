@@ -52,3 +52,9 @@ export function sampleValue(exposition: Exposition, name: string, labels: Record
   const wanted = JSON.stringify(Object.entries(labels).sort());
   return exposition.samples.find((s) => s.name === name && JSON.stringify(Object.entries(s.labels).sort()) === wanted)?.value;
 }
+
+/** Scrapes a running fleet's metrics endpoint for one sample's value; 0 when the series is absent. */
+export async function scrapedValue(metricsPort: number, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+  return sampleValue(parseExposition(await res.text()), name, labels) ?? 0;
+}
