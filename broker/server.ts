@@ -52,6 +52,8 @@ export interface RunningBroker {
   refusals: ReadonlyMap<Refusal, number>;
   /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
   reloadTrust(): void;
+  /** Whether it still accepts connections: part of the API's readiness. */
+  listening(): boolean;
   close(): Promise<void>;
 }
 
@@ -218,6 +220,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     sessions,
     refusals,
     reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
+    listening: () => front.listening,
     async close() {
       // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
       const stopped = new Promise<void>((resolve) => front.close(() => resolve()));

@@ -61,7 +61,7 @@ export async function startFleet(
     );
     started.push(broker);
     const api = await startProvisioningApi(
-      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log },
+      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, readiness: { broker: broker.listening } },
       { host: config.listenHost, port: config.apiPort },
     );
     started.push(api);

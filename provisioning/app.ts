@@ -7,8 +7,11 @@ import { deviceRoutes } from './api/devices.js';
 import { docsRoutes } from './api/docs.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
+import { healthRoutes } from './api/health.js';
 import { ocspRoutes } from './api/ocsp.js';
 import { pkiRoutes } from './api/pki.js';
+import { crlPublisher } from './crl.js';
+import { crlSource } from './crl-source.js';
 import type { ProvisioningDeps } from './deps.js';
 
 /** Requests are small (a CSR is under 2 KiB); anything larger is refused before it is read. */
@@ -27,9 +30,10 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   const small = limit(MAX_BODY_BYTES);
   const large = limit(MAX_BULK_BODY_BYTES);
   app.use((c, next) => (LARGE_BODY_PATHS.has(c.req.path) ? large : small)(c, next));
-  app.get('/healthz', (c) => c.json({ status: 'ok' }));
-  app.route('/', pkiRoutes(deps));
-  app.route('/', ocspRoutes(deps));
+  app.route('/', healthRoutes(deps));
+  const crls = crlSource(crlPublisher(deps.pool, deps.ca, deps.clock), deps.clock, deps.log);
+  app.route('/', pkiRoutes(deps, crls));
+  app.route('/', ocspRoutes(deps, crls));
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
+import type { ReadinessCheck } from './api/health.js';
 import type { IssuancePolicy } from './policy.js';
 
 /** What the provisioning API runs on; tests pass real ones with test settings. */
@@ -11,4 +12,6 @@ export interface ProvisioningDeps {
   enrollmentTokenTtlMs: number;
   clock: () => Date;
   log: Logger;
+  /** Besides the database, what must be up before /healthz/ready says so (the broker, in `fleet start`). */
+  readiness?: Record<string, ReadinessCheck>;
 }

@@ -2,7 +2,7 @@ import type { TLSSocket } from 'node:tls';
 import type { HttpBindings } from '@hono/node-server';
 import { createRoute, z } from '@hono/zod-openapi';
 import { FleetError } from '../../core/errors.js';
-import { problemBody } from '../../core/http/problem.js';
+import { knownProblem, problemBody } from '../../core/http/problem.js';
 import { apiRouter } from '../../core/http/router.js';
 import { fingerprintOf, pemChain } from '../../core/pki/x509.js';
 import type { ProvisioningDeps } from '../deps.js';
@@ -104,8 +104,9 @@ export function enrollmentRoutes(deps: ProvisioningDeps) {
         const issued = await enroll(deps, request);
         return { index, status: issued.replayed ? 200 : 201, certificate: issuedBody(deps, issued) };
       } catch (error) {
-        if (!(error instanceof FleetError)) deps.log.error({ err: error, index }, 'batch enrollment item failed');
-        const problem = error instanceof FleetError ? error : new FleetError('internal_error', 500, 'this enrollment failed on the server; it has been logged');
+        const known = knownProblem(error);
+        if (!known) deps.log.error({ err: error, index }, 'batch enrollment item failed');
+        const problem = known ?? new FleetError('internal_error', 500, 'this enrollment failed on the server; it has been logged');
         return { index, status: problem.status, problem: problemBody(problem, c.req.path) };
       }
     });
