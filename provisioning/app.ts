@@ -9,6 +9,7 @@ import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
 import { healthRoutes } from './api/health.js';
 import { ocspRoutes } from './api/ocsp.js';
+import { serveOpenApi } from './api/openapi.js';
 import { pkiRoutes } from './api/pki.js';
 import { crlPublisher } from './crl.js';
 import { crlSource } from './crl-source.js';
@@ -39,6 +40,6 @@ export function createProvisioningApp(deps: ProvisioningDeps) {
   app.route('/', deviceRoutes(deps));
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
   app.route('/', docsRoutes());
-  app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
+  serveOpenApi(app);
   return app;
 }

@@ -65,6 +65,7 @@ const renewRoute = createRoute({
   method: 'post',
   path: '/v1/renewals',
   summary: 'Renew over mTLS: present the current certificate as the TLS client certificate and send a CSR for a new key',
+  security: [{ deviceCertificate: [] }],
   request: { body: { required: true, content: { 'application/json': { schema: z.object({ csr: Csr, lifetime: Lifetime.optional() }) } } } },
   responses: {
     201: { description: 'the new certificate; the presented one is superseded', content: { 'application/json': { schema: IssuedCertificate } } },
