@@ -3,6 +3,7 @@ import { type ChangeFollower, followRegistryChanges } from '../core/registry/ind
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
+import { trustedProxies } from '../provisioning/client-certificate.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
 import type { FleetConfig } from '../core/config.js';
@@ -61,7 +62,7 @@ export async function startFleet(
     );
     started.push(broker);
     const api = await startProvisioningApi(
-      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, readiness: { broker: broker.listening } },
+      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, readiness: { broker: broker.listening }, trustedProxies: trustedProxies(config.proxy) },
       { host: config.listenHost, port: config.apiPort },
     );
     started.push(api);

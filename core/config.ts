@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
@@ -43,7 +44,28 @@ export interface FleetConfig {
   brokerMaxPacketBytes: number;
   /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
   brokerKeepaliveMaxSeconds: number;
+  /** A TLS-terminating proxy in front of the API whose forwarded client certificates are believed. */
+  proxy: TrustedProxyConfig;
 }
+
+export interface TrustedProxyConfig {
+  /** Addresses and CIDR blocks of the proxies; empty believes no forwarded certificate. */
+  trustedProxies: string[];
+  /** nginx: $ssl_client_escaped_cert in this header; x-forwarded-client-cert means Envoy's XFCC form. */
+  certHeader: string;
+  /** nginx: $ssl_client_verify in this header; only SUCCESS is believed. */
+  verifyHeader: string;
+}
+
+/** An IPv4 or IPv6 address, or a CIDR block of either. */
+const isAddressOrBlock = (text: string): boolean => {
+  const [address, bits, extra] = text.split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || extra !== undefined) return false;
+  if (bits === undefined) return true;
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+};
+const HEADER_NAME = /^[A-Za-z0-9-]+$/;
 
 const duration = (fallback: string) =>
   z
@@ -99,6 +121,13 @@ const schema = z.object({
   FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
   // MQTT's keepalive field is 16 bits.
   FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
+  FLEET_TRUSTED_PROXIES: z
+    .string()
+    .default('')
+    .transform((text) => text.split(',').map((a) => a.trim()).filter(Boolean))
+    .pipe(z.array(z.string().refine(isAddressOrBlock, 'each entry must be an IP address or a CIDR block such as 10.0.0.0/8'))),
+  FLEET_PROXY_CERT_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Cert').default('X-SSL-Client-Cert'),
+  FLEET_PROXY_VERIFY_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Verify').default('X-SSL-Client-Verify'),
 });
 
 export class ConfigError extends Error {
@@ -144,5 +173,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,
     brokerMaxPacketBytes: e.FLEET_BROKER_MAX_PACKET_BYTES,
     brokerKeepaliveMaxSeconds: e.FLEET_BROKER_KEEPALIVE_MAX,
+    proxy: { trustedProxies: e.FLEET_TRUSTED_PROXIES, certHeader: e.FLEET_PROXY_CERT_HEADER, verifyHeader: e.FLEET_PROXY_VERIFY_HEADER },
   };
 }

@@ -61,8 +61,8 @@ export function presentedCertificate(socket: TLSSocket): { fingerprint: string }
 }
 
 /** Renewal over mTLS: the presented certificate proves the device, the CSR carries its new key. */
-export async function renew(deps: ProvisioningDeps, socket: TLSSocket, request: CsrSubmission): Promise<Issued> {
-  const { fingerprint } = presentedCertificate(socket);
+export async function renew(deps: ProvisioningDeps, presented: { fingerprint: string }, request: CsrSubmission): Promise<Issued> {
+  const { fingerprint } = presented;
   const csr = await acceptCsr(deps.policy, request.csr);
   const lifetimeMs = lifetimeFor(deps.policy, request.lifetime);
   const now = deps.clock();

@@ -1,10 +1,9 @@
-import type { TLSSocket } from 'node:tls';
-import type { HttpBindings } from '@hono/node-server';
 import { createRoute, z } from '@hono/zod-openapi';
 import { FleetError } from '../../core/errors.js';
 import { knownProblem, problemBody } from '../../core/http/problem.js';
 import { apiRouter } from '../../core/http/router.js';
 import { fingerprintOf, pemChain } from '../../core/pki/x509.js';
+import { clientCertificateOf } from '../client-certificate.js';
 import type { ProvisioningDeps } from '../deps.js';
 import { enroll, type Issued, renew } from '../enrollment.js';
 import { IssuedCertificate, Lifetime, problemResponses } from './schemas.js';
@@ -88,8 +87,6 @@ export function issuedBody(deps: ProvisioningDeps, issued: Issued) {
 }
 
 
-export const tlsSocketOf = (env: unknown): TLSSocket => (env as HttpBindings).incoming.socket as TLSSocket;
-
 export function enrollmentRoutes(deps: ProvisioningDeps) {
   const app = apiRouter();
 
@@ -116,7 +113,7 @@ export function enrollmentRoutes(deps: ProvisioningDeps) {
   });
 
   app.openapi(renewRoute, async (c) => {
-    const issued = await renew(deps, tlsSocketOf(c.env), c.req.valid('json'));
+    const issued = await renew(deps, await clientCertificateOf(deps, c), c.req.valid('json'));
     return c.json(issuedBody(deps, issued), 201);
   });
   return app;

@@ -3,7 +3,7 @@ import { FleetError } from '../../core/errors.js';
 import { x509 } from '../../core/pki/x509.js';
 import type { ProvisioningDeps } from '../deps.js';
 import { enroll, renew } from '../enrollment.js';
-import { tlsSocketOf } from './enrollment.js';
+import { clientCertificateOf } from '../client-certificate.js';
 
 /** RFC 7030 section 4.1.3 and 4.2.3, with RFC 8951's clarification: base64 bodies, no transfer-encoding header. */
 const CERTS_ONLY = 'application/pkcs7-mime; smime-type=certs-only';
@@ -43,7 +43,7 @@ export function estRoutes(deps: ProvisioningDeps) {
   });
   // Renewal: the TLS client certificate identifies the device (RFC 7030 section 4.2.2).
   app.post('/.well-known/est/simplereenroll', async (c) => {
-    const { certificate } = await renew(deps, tlsSocketOf(c.env), { csr: await pkcs10Body(c.req) });
+    const { certificate } = await renew(deps, await clientCertificateOf(deps, c), { csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });
   return app;
