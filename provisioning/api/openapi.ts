@@ -61,28 +61,22 @@ function registerPlainRoutes<E extends Env>(app: OpenAPIHono<E>): void {
     summary: 'The issuing CAs and the root, as a base64 certs-only PKCS#7 (RFC 7030 4.1)',
     responses: { 200: { description: 'the CA certificates', ...body(CERTS_ONLY, 'base64 DER PKCS#7 certs-only') } },
   });
-  registry.registerPath({
-    method: 'post',
-    path: '/.well-known/est/simpleenroll',
-    summary: 'EST enrollment with the one-time token as HTTP Basic password (RFC 7030 4.2.1)',
-    security: [{ estBasic: [] }],
-    request: { body: { required: true, ...body('application/pkcs10', 'base64 DER PKCS#10 CSR, subject CN=<device id>') } },
-    responses: {
-      200: { description: 'the issued certificate', ...body(CERTS_ONLY, 'base64 DER PKCS#7 certs-only') },
-      ...problemResponses(400, 401, 403, 409, 413, 415, 503),
-    },
-  });
-  registry.registerPath({
-    method: 'post',
-    path: '/.well-known/est/simplereenroll',
-    summary: 'EST renewal: the current certificate as TLS client certificate, a CSR for the new key (RFC 7030 4.2.2)',
-    security: [{ deviceCertificate: [] }],
-    request: { body: { required: true, ...body('application/pkcs10', 'base64 DER PKCS#10 CSR') } },
-    responses: {
-      200: { description: 'the new certificate', ...body(CERTS_ONLY, 'base64 DER PKCS#7 certs-only') },
-      ...problemResponses(400, 401, 403, 409, 413, 415, 503),
-    },
-  });
+  const estIssue = (path: string, summary: string, security: Record<string, string[]>, issued: string) =>
+    registry.registerPath({
+      method: 'post',
+      path,
+      summary,
+      security: [security],
+      request: { body: { required: true, ...body('application/pkcs10', 'base64 DER PKCS#10 CSR, subject CN=<device id>') } },
+      responses: { 200: { description: issued, ...body(CERTS_ONLY, 'base64 DER PKCS#7 certs-only') }, ...problemResponses(400, 401, 403, 409, 413, 415, 503) },
+    });
+  estIssue('/.well-known/est/simpleenroll', 'EST enrollment with the one-time token as HTTP Basic password (RFC 7030 4.2.1)', { estBasic: [] }, 'the issued certificate');
+  estIssue(
+    '/.well-known/est/simplereenroll',
+    'EST renewal: the current certificate as TLS client certificate, a CSR for the new key (RFC 7030 4.2.2)',
+    { deviceCertificate: [] },
+    'the new certificate',
+  );
 
   const pem = (path: string, summary: string) =>
     registry.registerPath({ method: 'get', path, summary, responses: { 200: { description: summary, ...body(PEM_CHAIN, 'PEM certificates') } } });
