@@ -11,7 +11,7 @@ export interface Session {
   timer?: NodeJS.Timeout;
 }
 
-export type CloseReason = 'revoked' | 'suspended' | 'expired' | 'superseded' | 'shutdown';
+export type CloseReason = 'revoked' | 'suspended' | 'expired' | 'superseded' | 'issuer_retired' | 'shutdown';
 
 /** When a session must end on its own: its certificate's expiry, or the end of its renewal overlap. */
 export function deadlineOf(identity: CertificateIdentity): number {
@@ -62,6 +62,10 @@ export class DeviceSessions {
 
   of(deviceId: string): Session[] {
     return [...(this.#byDevice.get(deviceId) ?? [])];
+  }
+
+  *all(): IterableIterator<Session> {
+    for (const sessions of this.#byDevice.values()) yield* sessions;
   }
 
   count(deviceId?: string): number {

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
+import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { trustedProxies } from '../provisioning/client-certificate.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
@@ -62,18 +63,29 @@ export async function startFleet(
     );
     started.push(broker);
     const api = await startProvisioningApi(
-      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, readiness: { broker: broker.listening }, trustedProxies: trustedProxies(config.proxy) },
-      { host: config.listenHost, port: config.apiPort },
+      {
+        pool: db.pool,
+        ca,
+        policy,
+        enrollmentTokenTtlMs: config.enrollmentTokenTtlMs,
+        clock,
+        log,
+        readiness: { broker: broker.listening },
+        trustedProxies: trustedProxies(config.proxy),
+      },
+      { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
     );
     started.push(api);
     // With port 0 the address is known only now; certificates issued from here on name it.
-    if (!config.publicUrl) policy.publicUrl = `https://localhost:${api.port}`;
-    // A rotation (fleet ca rotate) in any process: sign with the new issuing CA and trust it at once.
+    policy.publicUrl = pkiBaseUrl(config, api);
+    // A rotation or retirement (fleet ca) in any process: sign with the new issuing CA, present a server
+    // certificate from it, trust only the issuing CAs left, and end the sessions of retired ones.
     changes.onCaChange(() => {
       ca.reload()
         .then(() => {
           broker.reloadTrust();
           api.reloadTrust();
+          closeSessionsOfRetiredIssuers(broker.sessions, ca.issuers.map((i) => i.certificate.subject), { metrics, log });
           log.info({ issuing: ca.current.certificate.subject, trusted: ca.issuers.length }, 'CA reloaded');
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
@@ -108,8 +120,15 @@ export function policyFromConfig(config: FleetConfig): IssuancePolicy {
     minLifetimeMs: config.minCertificateLifetimeMs,
     maxLifetimeMs: config.maxCertificateLifetimeMs,
     trustDomain: config.trustDomain,
-    publicUrl: config.publicUrl ?? `https://localhost:${config.apiPort}`,
+    publicUrl: pkiBaseUrl(config, { port: config.apiPort, pkiHttpPort: config.pkiHttpPort }),
     renewalOverlapMs: config.renewalOverlapMs,
     allowKeyReuse: config.allowKeyReuse,
+    renewAfterExpiryMs: config.renewAfterExpiryMs,
   });
+}
+
+/** Where certificates send relying parties: the plain-HTTP PKI listener, or the API while it is off. */
+function pkiBaseUrl(config: FleetConfig, ports: { port: number; pkiHttpPort: number | undefined }): string {
+  if (ports.pkiHttpPort === undefined) return config.publicUrl ?? `https://localhost:${ports.port}`;
+  return config.pkiPublicUrl ?? `http://localhost:${ports.pkiHttpPort}`;
 }

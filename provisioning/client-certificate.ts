@@ -4,10 +4,10 @@ import type { HttpBindings } from '@hono/node-server';
 import type { Context } from 'hono';
 import type { TrustedProxyConfig } from '../core/config.js';
 import { FleetError } from '../core/errors.js';
-import type { CertificateAuthority } from '../core/pki/authority.js';
-import { fingerprintOf, x509 } from '../core/pki/x509.js';
+import type { IssuingCa } from '../core/pki/authority.js';
+import { issuingCaOf } from '../core/pki/issued-by.js';
+import { sha256Hex, x509 } from '../core/pki/x509.js';
 import type { ProvisioningDeps } from './deps.js';
-import { presentedCertificate } from './enrollment.js';
 
 /** Envoy's header; any other configured name carries nginx's $ssl_client_escaped_cert. */
 export const XFCC_HEADER = 'x-forwarded-client-cert';
@@ -82,13 +82,27 @@ function parseForwarded(encoded: string): x509.X509Certificate {
   }
 }
 
-/** The proxy verified the certificate against its own trust store; ours is checked here as well. */
-async function issuedByUs(ca: CertificateAuthority, certificate: x509.X509Certificate): Promise<boolean> {
-  for (const { certificate: issuer } of ca.issuers) {
-    if (issuer.subject !== certificate.issuer) continue;
-    if (await certificate.verify({ publicKey: issuer.publicKey, signatureOnly: true })) return true;
+/**
+ * The one chain check, whichever way the certificate came (on this TLS connection, or forwarded by a
+ * trusted proxy, which verified it against its own trust store): it must have been issued by one of
+ * our issuing CAs, checked by its signature. OpenSSL's verify result is not used: it reports one
+ * error, so an expired foreign certificate looked merely expired. Expiry is the registry's to judge,
+ * with the renew-after-expiry grace (FLEET_RENEW_AFTER_EXPIRY).
+ */
+function issuedByUs(issuers: readonly IssuingCa[], der: Uint8Array, which: string): { fingerprint: string } {
+  if (!issuingCaOf(issuers, der)) {
+    throw new FleetError('client_certificate_invalid', 401, `${which} was not issued by one of this CA's issuing CAs; present the device certificate this CA issued, or re-enroll`);
   }
-  return false;
+  return { fingerprint: sha256Hex(der) };
+}
+
+/** The certificate a client presented on this TLS connection, or a refusal saying what is wrong with it. */
+function presentedCertificate(socket: TLSSocket, issuers: readonly IssuingCa[]): { fingerprint: string } {
+  const peer = socket.getPeerCertificate?.();
+  if (!peer?.raw) {
+    throw new FleetError('client_certificate_required', 401, 'renewal needs the current device certificate presented as the TLS client certificate');
+  }
+  return issuedByUs(issuers, peer.raw, 'the client certificate');
 }
 
 /**
@@ -97,31 +111,28 @@ async function issuedByUs(ca: CertificateAuthority, certificate: x509.X509Certif
  * header from anyone else, or one the proxy did not verify, is ignored and logged: the connection's
  * own certificate (usually none) decides.
  */
-export async function clientCertificateOf(deps: ProvisioningDeps, c: Context): Promise<{ fingerprint: string }> {
+export function clientCertificateOf(deps: ProvisioningDeps, c: Context): { fingerprint: string } {
   const socket = (c.env as HttpBindings).incoming.socket as TLSSocket;
+  const issuers = deps.ca.issuers;
   const proxies = deps.trustedProxies ?? NO_PROXY;
   const { certHeader, verifyHeader } = proxies.config;
   const forwarded = c.req.header(certHeader);
-  if (!forwarded) return presentedCertificate(socket);
+  if (!forwarded) return presentedCertificate(socket, issuers);
   const peer = socket.remoteAddress;
   if (!proxies.trusts(peer)) {
     deps.log.warn({ peer, header: certHeader, path: c.req.path }, 'ignored a forwarded client certificate from an address that is not a trusted proxy (FLEET_TRUSTED_PROXIES)');
-    return presentedCertificate(socket);
+    return presentedCertificate(socket, issuers);
   }
   const xfcc = certHeader.toLowerCase() === XFCC_HEADER;
   const verify = c.req.header(verifyHeader);
   if (!xfcc && verify !== VERIFIED) {
     deps.log.warn({ peer, header: verifyHeader, verify: verify ?? null, path: c.req.path }, 'ignored a forwarded client certificate the proxy did not report as verified');
-    return presentedCertificate(socket);
+    return presentedCertificate(socket, issuers);
   }
   const encoded = xfcc ? certFromXfcc(forwarded) : forwarded;
   if (!encoded) {
     deps.log.warn({ peer, header: certHeader, path: c.req.path }, 'ignored an x-forwarded-client-cert element without a Cert field');
-    return presentedCertificate(socket);
+    return presentedCertificate(socket, issuers);
   }
-  const certificate = parseForwarded(encoded);
-  if (!(await issuedByUs(deps.ca, certificate))) {
-    throw new FleetError('client_certificate_invalid', 401, 'the forwarded client certificate was not issued by this CA');
-  }
-  return { fingerprint: fingerprintOf(certificate) };
+  return issuedByUs(issuers, new Uint8Array(parseForwarded(encoded).rawData), 'the forwarded client certificate');
 }

@@ -1,6 +1,4 @@
-import type { TLSSocket } from 'node:tls';
-import { FleetError } from '../core/errors.js';
-import { normalizeFingerprint, sha256Hex, x509 } from '../core/pki/x509.js';
+import { sha256Hex, x509 } from '../core/pki/x509.js';
 import { enrollWithToken, renewCertificate } from '../core/registry/index.js';
 import { acceptCsr } from './csr.js';
 import type { ProvisioningDeps } from './deps.js';
@@ -47,20 +45,10 @@ export async function enroll(deps: ProvisioningDeps, request: CsrSubmission & { 
   return { deviceId: result.deviceId, certificate: new x509.X509Certificate(result.certificate.pem), replayed: result.replayed };
 }
 
-/** The certificate a client presented on this TLS connection, or a refusal saying what is wrong with it. */
-export function presentedCertificate(socket: TLSSocket): { fingerprint: string } {
-  const peer = socket.getPeerCertificate?.();
-  if (!peer || !peer.fingerprint256) {
-    throw new FleetError('client_certificate_required', 401, 'renewal needs the current device certificate presented as the TLS client certificate');
-  }
-  // An expired certificate still identifies the device; the registry turns it into a precise refusal.
-  if (!socket.authorized && String(socket.authorizationError) !== 'CERT_HAS_EXPIRED') {
-    throw new FleetError('client_certificate_invalid', 401, `the client certificate does not chain to this CA (${String(socket.authorizationError)})`);
-  }
-  return { fingerprint: normalizeFingerprint(peer.fingerprint256) };
-}
-
-/** Renewal over mTLS: the presented certificate proves the device, the CSR carries its new key. */
+/**
+ * Renewal over mTLS: the presented certificate proves the device (`presented`, as clientCertificateOf
+ * found and checked it, directly or from a trusted proxy), the CSR carries its new key.
+ */
 export async function renew(deps: ProvisioningDeps, presented: { fingerprint: string }, request: CsrSubmission): Promise<Issued> {
   const { fingerprint } = presented;
   const csr = await acceptCsr(deps.policy, request.csr);
@@ -73,6 +61,7 @@ export async function renew(deps: ProvisioningDeps, presented: { fingerprint: st
       newKeySha256: sha256Hex(csr.publicKey.rawData),
       allowKeyReuse: deps.policy.allowKeyReuse,
       overlapMs: deps.policy.renewalOverlapMs,
+      renewAfterExpiryMs: deps.policy.renewAfterExpiryMs,
       now,
     },
     signerFor(deps, csr, lifetimeMs, now),

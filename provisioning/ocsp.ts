@@ -22,10 +22,10 @@ import { isDatabaseUnavailable } from '../core/db/unavailable.js';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority, IssuingCa } from '../core/pki/authority.js';
 import type { x509 } from '../core/pki/x509.js';
-import { type CertificateDetails, getCertificate, REVOCATION_REASONS } from '../core/registry/index.js';
+import { type CertificateStatusAt, certificateStatusAt, REVOCATION_REASONS } from '../core/registry/index.js';
 
 /** What the answer depends on. */
-export type StatusRecord = Pick<CertificateDetails, 'issuer' | 'status' | 'revokedAt' | 'revocationReason'>;
+export type StatusRecord = Pick<CertificateStatusAt, 'issuer' | 'status' | 'revokedAt' | 'revocationReason'>;
 
 /** One request checks a handful of certificates; a cap keeps one request from costing a query per thousand. */
 export const MAX_CERT_IDS_PER_REQUEST = 100;
@@ -57,11 +57,10 @@ interface IssuerHashes {
 
 export type OcspAnswer = { good: true } | { revokedAt: Date; reason: number } | { unknown: true };
 
-/** One answer per CertID, and the window they hold for. */
+/** One answer per CertID, each with when it stops holding, and when they were known to be right. */
 interface Statuses {
-  answers: OcspAnswer[];
+  answers: { answer: OcspAnswer; nextUpdate: Date }[];
   thisUpdate: Date;
-  nextUpdate: Date;
 }
 
 const hash = (algorithm: string, data: ArrayBuffer): Buffer => createHash(algorithm).update(new Uint8Array(data)).digest();
@@ -99,7 +98,9 @@ export function registrySerial(integer: ArrayBuffer): string {
 
 /**
  * Anything but revoked and suspended is good: OCSP's good only means "not revoked" (RFC 6960 2.2).
- * A suspended certificate is on hold, which OCSP says as revoked with reason certificateHold.
+ * A suspended certificate is on hold, which OCSP says as revoked with reason certificateHold. The
+ * record is the registry's reading at this moment (certificateStatusAt), the same the CRL is built
+ * from: a superseded certificate past its overlap comes as revoked, reason superseded.
  */
 export function ocspAnswer(record: StatusRecord | undefined, issuerName: string, now: Date): OcspAnswer {
   if (!record || record.issuer !== issuerName) return { unknown: true };
@@ -163,9 +164,10 @@ function responderFor(issuer: IssuingCa): Responder {
 /**
  * An OCSP responder for our issuing CAs, each signing the answers about its own certificates
  * (RFC 6960 4.2.2.2), so relying parties need no delegated responder certificate. A request is
- * answered by the issuer its first CertID names; CertIDs of any other issuer are answered unknown.
- * Every outcome is a DER OCSPResponse: a request it cannot read gets malformedRequest, a failure of
- * ours internalError; nothing throws.
+ * answered by the issuer its first CertID names; CertIDs of our other issuing CAs are answered
+ * unknown, and a request naming any CA we do not run gets unauthorized. Every outcome is a DER
+ * OCSPResponse: a request it cannot read gets malformedRequest, a failure of ours internalError;
+ * nothing throws.
  */
 export function ocspResponder(deps: OcspResponderDeps) {
   const responders = new Map<string, Responder>();
@@ -177,14 +179,22 @@ export function ocspResponder(deps: OcspResponderDeps) {
       return responder;
     });
 
-  /** The statuses of these CertIDs as the registry has them now. */
+  /**
+   * The statuses of these CertIDs as the registry has them now (certificateStatusAt, the reading the
+   * CRL is built from). "good" for a superseded certificate lasts only until its overlap ends; no
+   * cache may keep it longer.
+   */
   async function currentStatuses(responder: Responder, certIds: CertID[], now: Date): Promise<Statuses> {
-    const answers: OcspAnswer[] = [];
+    const validUntil = now.getTime() + RESPONSE_VALIDITY_MS;
+    const answers: Statuses['answers'] = [];
     for (const certId of certIds) {
-      const record = isOurIssuer(certId, responder.hashes) ? await getCertificate(deps.pool, registrySerial(certId.serialNumber)) : undefined;
-      answers.push(ocspAnswer(record, responder.issuer.certificate.subject, now));
+      const serial = registrySerial(certId.serialNumber);
+      const record = isOurIssuer(certId, responder.hashes) ? await certificateStatusAt(deps.pool, serial, now) : undefined;
+      const answer = ocspAnswer(record, responder.issuer.certificate.subject, now);
+      const until = 'good' in answer && record?.acceptUntil ? Math.min(validUntil, wholeSeconds(record.acceptUntil).getTime()) : validUntil;
+      answers.push({ answer, nextUpdate: new Date(until) });
     }
-    return { answers, thisUpdate: now, nextUpdate: new Date(now.getTime() + RESPONSE_VALIDITY_MS) };
+    return { answers, thisUpdate: now };
   }
 
   /**
@@ -194,13 +204,15 @@ export function ocspResponder(deps: OcspResponderDeps) {
    */
   function statusesFromCrl(responder: Responder, certIds: CertID[]): Statuses | undefined {
     const crl = deps.lastCrl?.(responder.issuer);
-    if (!crl?.nextUpdate) return undefined;
-    const answers = certIds.map((certId): OcspAnswer => {
-      if (!isOurIssuer(certId, responder.hashes)) return { unknown: true };
+    const nextUpdate = crl?.nextUpdate;
+    if (!crl || !nextUpdate) return undefined;
+    const answers = certIds.map((certId) => {
+      if (!isOurIssuer(certId, responder.hashes)) return { answer: { unknown: true } as const, nextUpdate };
       const entry = crl.findRevoked(registrySerial(certId.serialNumber));
-      return entry ? { revokedAt: entry.revocationDate, reason: entry.reason ?? REVOCATION_REASONS.unspecified } : { good: true };
+      const answer: OcspAnswer = entry ? { revokedAt: entry.revocationDate, reason: entry.reason ?? REVOCATION_REASONS.unspecified } : { good: true };
+      return { answer, nextUpdate };
     });
-    return { answers, thisUpdate: crl.thisUpdate, nextUpdate: crl.nextUpdate };
+    return { answers, thisUpdate: crl.thisUpdate };
   }
 
   async function statusesOf(responder: Responder, certIds: CertID[], now: Date): Promise<Statuses> {
@@ -217,12 +229,14 @@ export function ocspResponder(deps: OcspResponderDeps) {
   async function signedResponse(request: OCSPRequest): Promise<ArrayBuffer> {
     const now = wholeSeconds(deps.clock());
     const all = currentResponders();
-    const first = request.tbsRequest.requestList[0]?.reqCert;
-    const responder = all.find((r) => first && isOurIssuer(first, r.hashes)) ?? all[0]!;
+    const ours = (certId: CertID) => all.find((r) => isOurIssuer(certId, r.hashes));
+    // RFC 6960 2.3: about a CA we do not run we can say nothing authoritative, and must not sign "unknown" for it.
+    if (!request.tbsRequest.requestList.every(({ reqCert }) => ours(reqCert))) return unsuccessful(OCSPResponseStatus.unauthorized);
+    const responder = ours(request.tbsRequest.requestList[0]!.reqCert)!;
     const certIds = request.tbsRequest.requestList.map((r) => r.reqCert);
-    const { answers, thisUpdate, nextUpdate } = await statusesOf(responder, certIds, now);
+    const { answers, thisUpdate } = await statusesOf(responder, certIds, now);
     const responses = certIds.map(
-      (certID, i) => new SingleResponse({ certID, certStatus: certStatus(answers[i]!), thisUpdate, nextUpdate }),
+      (certID, i) => new SingleResponse({ certID, certStatus: certStatus(answers[i]!.answer), thisUpdate, nextUpdate: answers[i]!.nextUpdate }),
     );
     const nonce = nonceOf(request);
     const tbsResponseData = new ResponseData({

@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import { inspectRoutes } from 'hono/dev';
 import { policyFromConfig } from '../cli/start.js';
 import { silentLogger } from '../core/log.js';
-import { createProvisioningApp } from '../provisioning/app.js';
+import { createPkiApp, createProvisioningApp, signedObjectRoutes } from '../provisioning/app.js';
 import { startTestFleet, type TestFleet } from './support/fleet.js';
 
 let t: TestFleet;
@@ -83,18 +83,25 @@ const templatePattern = (openApiPath: string) =>
   new RegExp('^' + openApiPath.split(/\{\w+\}/).map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('[^/]+') + '$');
 
 describe('OpenAPI coverage', () => {
-  test('every route the server answers is in /openapi.json, with its method', async () => {
-    const app = createProvisioningApp({
+  test('every route either listener answers is in /openapi.json, with its method', async () => {
+    const deps = {
       pool: t.fleet.db.pool,
       ca: t.fleet.ca,
       policy: policyFromConfig(t.config),
       enrollmentTokenTtlMs: t.config.enrollmentTokenTtlMs,
       clock: () => new Date(),
       log: silentLogger(),
-    });
+    };
+    const signedObjects = signedObjectRoutes(deps);
     // Middleware (app.use, and per-method guards such as the operator check) calls next(); the rest answer.
-    const served = [...new Set(inspectRoutes(app).filter((r) => !r.isMiddleware).map((r) => `${r.method} ${routeShape(r.path)}`))];
+    const servedBy = (app: Parameters<typeof inspectRoutes>[0]) => [
+      ...new Set(inspectRoutes(app).filter((r) => !r.isMiddleware).map((r) => `${r.method} ${routeShape(r.path)}`)),
+    ];
+    const served = servedBy(createProvisioningApp(deps, signedObjects));
+    // The plain-HTTP PKI listener serves no document of its own: its routes are a part of the API's, described there.
+    const servedOverHttp = servedBy(createPkiApp(deps, signedObjects));
     assert.ok(served.length > 25, `found the routes: ${served.join(', ')}`);
+    assert.deepEqual(servedOverHttp.filter((route) => !served.includes(route)), [], 'the PKI listener serves only routes the API serves too');
     const doc = (await t.api('GET', '/openapi.json')).json;
     const documented = Object.entries(doc.paths as Record<string, Record<string, unknown>>).flatMap(([p, item]) =>
       Object.keys(item).map((method) => ({ method: method.toUpperCase(), pattern: templatePattern(p) })),
@@ -104,9 +111,20 @@ describe('OpenAPI coverage', () => {
       return documented.some((d) => d.method === method && d.pattern.test(shape));
     };
     assert.deepEqual(served.filter((route) => !isDocumented(route)), [], 'routes missing from the OpenAPI document');
-    for (const route of ['GET /.well-known/est/cacerts', 'POST /.well-known/est/simpleenroll', 'GET /pki/crl', 'POST /ocsp', 'GET /ocsp/{}', 'GET /healthz/ready']) {
-      assert.ok(served.includes(route) && isDocumented(route), route);
-    }
+    const expected = [
+      'GET /.well-known/est/cacerts',
+      'GET /.well-known/est/csrattrs',
+      'POST /.well-known/est/simpleenroll',
+      'GET /pki/crl',
+      'GET /pki/crl/{}',
+      'GET /pki/issuers/{}.crt',
+      'POST /ocsp',
+      'GET /ocsp/{}',
+      'GET /healthz/live',
+      'GET /healthz/ready',
+    ];
+    for (const route of expected) assert.ok(served.includes(route) && isDocumented(route), route);
+    for (const route of ['GET /pki/crl/{}', 'POST /ocsp', 'GET /ocsp/{}']) assert.ok(servedOverHttp.includes(route), `${route} over plain HTTP`);
   });
 
   test('every operation is tagged with its part, and every tag is described', async () => {

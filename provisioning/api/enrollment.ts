@@ -113,7 +113,7 @@ export function enrollmentRoutes(deps: ProvisioningDeps) {
   });
 
   app.openapi(renewRoute, async (c) => {
-    const issued = await renew(deps, await clientCertificateOf(deps, c), c.req.valid('json'));
+    const issued = await renew(deps, clientCertificateOf(deps, c), c.req.valid('json'));
     return c.json(issuedBody(deps, issued), 201);
   });
   return app;

@@ -1,5 +1,6 @@
 import { type OpenAPIHono, z } from '@hono/zod-openapi';
 import type { Env } from 'hono';
+import { CERTS_ONLY, CSR_ATTRS } from '../est-encoding.js';
 import { problemResponses } from './schemas.js';
 
 export const OPENAPI_PATH = '/openapi.json';
@@ -23,8 +24,8 @@ const TAGS = [
   { name: 'devices', description: 'Operators register, inspect, suspend and revoke devices, services and certificates (operator token)' },
   { name: 'tokens', description: 'Admins list and revoke operator tokens' },
   { name: 'EST', description: 'RFC 7030 Enrollment over Secure Transport, for devices that speak EST rather than JSON' },
-  { name: 'PKI', description: 'Trust anchors and CRLs: public, signed objects' },
-  { name: 'OCSP', description: 'RFC 6960 certificate status: public, signed answers' },
+  { name: 'PKI', description: 'Trust anchors and CRLs: public, signed objects; also over plain HTTP on the PKI listener (FLEET_PKI_HTTP_PORT)' },
+  { name: 'OCSP', description: 'RFC 6960 certificate status: public, signed answers; also over plain HTTP on the PKI listener (FLEET_PKI_HTTP_PORT)' },
   { name: 'health', description: 'Liveness and readiness probes for orchestrators and load balancers' },
   { name: 'documentation', description: 'This document and its interactive reference' },
 ];
@@ -35,7 +36,6 @@ export const partOf = (path: string): string | undefined => PARTS.find(([prefix]
 
 const text = (description: string) => z.string().openapi({ description });
 const body = (type: string, description: string) => ({ content: { [type]: { schema: text(description) } } });
-const CERTS_ONLY = 'application/pkcs7-mime; smime-type=certs-only';
 const PEM_CHAIN = 'application/pem-certificate-chain';
 const KeyId = z.object({ keyId: z.string().regex(/^[0-9a-fA-F]+$/).openapi({ description: "an issuing CA's subject key identifier, hex" }) });
 
@@ -60,6 +60,12 @@ function registerPlainRoutes<E extends Env>(app: OpenAPIHono<E>): void {
     path: '/.well-known/est/cacerts',
     summary: 'The issuing CAs and the root, as a base64 certs-only PKCS#7 (RFC 7030 4.1)',
     responses: { 200: { description: 'the CA certificates', ...body(CERTS_ONLY, 'base64 DER PKCS#7 certs-only') } },
+  });
+  registry.registerPath({
+    method: 'get',
+    path: '/.well-known/est/csrattrs',
+    summary: 'What a CSR must carry here (RFC 7030 4.5): the subject commonName, the key types and curves the policy accepts, the signature algorithm',
+    responses: { 200: { description: 'the CSR attributes', ...body(CSR_ATTRS, 'base64 DER CsrAttrs') } },
   });
   const estIssue = (path: string, summary: string, security: Record<string, string[]>, issued: string) =>
     registry.registerPath({

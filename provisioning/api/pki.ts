@@ -3,6 +3,7 @@ import { FleetError } from '../../core/errors.js';
 import type { IssuingCa } from '../../core/pki/authority.js';
 import type { CrlSource } from '../crl-source.js';
 import type { ProvisioningDeps } from '../deps.js';
+import { crlPem } from '../crl.js';
 
 /**
  * The trust anchors and CRLs: public by nature, served without authentication. Each issuing CA is
@@ -29,7 +30,7 @@ export function pkiRoutes(deps: ProvisioningDeps, { crlOf }: CrlSource) {
   );
   app.get('/pki/crl', async (c) => c.body(await crlDer(deps.ca.current), 200, { 'content-type': 'application/pkix-crl' }));
   app.get('/pki/crl.pem', async (c) =>
-    c.body((await crlOf(deps.ca.current)).toString('pem') + '\n', 200, { 'content-type': 'application/x-pem-file' }),
+    c.body(crlPem(await crlOf(deps.ca.current)), 200, { 'content-type': 'application/x-pem-file' }),
   );
   app.get('/pki/crl/:keyId{[0-9a-fA-F]+}', async (c) =>
     c.body(await crlDer(issuerNamed(c.req.param('keyId'))), 200, { 'content-type': 'application/pkix-crl' }),

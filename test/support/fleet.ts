@@ -69,6 +69,10 @@ export interface TestFleet {
   /** Writes a file under the test's data directory (for openssl and curl) and returns its path. */
   file(name: string, content: string | Buffer): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
+  /** Registers a backend service identity with a policy role (fleet-reader, fleet-commander…) and enrolls it. */
+  enrollService(serviceId: string, role: string): Promise<EnrolledDevice>;
+  /** Stops the fleet, runs `between` (say, CLI work on the stopped data directory), and starts it again on the same data and database. */
+  restart(between?: () => Promise<void>): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -82,14 +86,15 @@ export async function startTestFleet(
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+  let fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
-  const apiUrl = `https://localhost:${fleet.api.port}`;
+  let apiUrl = `https://localhost:${fleet.api.port}`;
 
   const api: TestFleet['api'] = (method, pathname, o = {}) => {
     const headers: Record<string, string> = { ...o.headers };
@@ -108,12 +113,17 @@ export async function startTestFleet(
     return res.json.enrollmentToken as string;
   };
 
-  const enroll = async (deviceId: string): Promise<EnrolledDevice> => {
-    const token = await register(deviceId);
+  const enrollWithToken = async (deviceId: string, token: string): Promise<EnrolledDevice> => {
     const identity = await createDeviceIdentity(deviceId);
     const res = await api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem } });
     if (res.status !== 201) throw new Error(`enrolling ${deviceId} failed: ${res.status} ${res.text}`);
     return { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial };
+  };
+  const enroll = async (deviceId: string) => enrollWithToken(deviceId, await register(deviceId));
+  const enrollService = async (serviceId: string, role: string) => {
+    const res = await api('POST', '/v1/services', { token: admin.token, json: { id: serviceId, role } });
+    if (res.status !== 201) throw new Error(`registering service ${serviceId} failed: ${res.status} ${res.text}`);
+    return enrollWithToken(serviceId, res.json.enrollmentToken);
   };
 
   let files = 0;
@@ -123,7 +133,7 @@ export async function startTestFleet(
     return p;
   };
 
-  return {
+  const testFleet: TestFleet = {
     fleet,
     config,
     file,
@@ -134,10 +144,18 @@ export async function startTestFleet(
     api,
     register,
     enroll,
+    enrollService,
+    async restart(between) {
+      await fleet.close();
+      await between?.();
+      fleet = testFleet.fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+      testFleet.apiUrl = apiUrl = `https://localhost:${fleet.api.port}`;
+    },
     async close() {
       await fleet.close();
       await database.drop();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+  return testFleet;
 }
