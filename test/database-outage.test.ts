@@ -10,7 +10,7 @@ import { isDatabaseUnavailable } from '../core/db/unavailable.js';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { scratchDatabase, startTestFleet, type TestFleet } from './support/fleet.js';
 import { capturingLogger, ERROR, type LogLine } from './support/log.js';
-import { openssl } from './support/openssl.js';
+import { openssl, type ProcessResult } from './support/openssl.js';
 import { startStallProxy, type StallProxy } from './support/stall-proxy.js';
 
 /**
@@ -150,6 +150,17 @@ describe('a database that stops answering', () => {
     proxy.stall();
   });
 
+  /** What OCSP must say, from the CRL signed before the outage, about each certificate. */
+  const expectedStatuses = () => [[good, 'good'], [revoked, 'revoked']] as const;
+  /** openssl's arguments to check an answer about `cert` against our chain. */
+  const ocspCheck = (cert: string) => ['-issuer', issuingFile, '-cert', cert, '-CAfile', chainFile, '-no_nonce'];
+  /** openssl verified the answer's signature and read this status for `cert`. */
+  function assertOcspSays(checked: ProcessResult, cert: string, status: string) {
+    assert.equal(checked.code, 0, checked.stdout + checked.stderr);
+    assert.match(checked.stderr, /Response verify OK/);
+    assert.match(checked.stdout, new RegExp(`${path.basename(cert)}: ${status}`));
+  }
+
   test('operator and enrollment requests get 503 problem+json with Retry-After, not a hang or a 500', async () => {
     assertUnavailable(await t.api('GET', '/v1/devices/outage-good', admin()));
     assertUnavailable(await t.api('POST', '/v1/devices', { ...admin(), json: { id: 'outage-new' } }));
@@ -184,19 +195,24 @@ describe('a database that stops answering', () => {
   });
 
   test('OCSP still answers from that CRL: good for the good certificate, revoked for the revoked one', async () => {
-    for (const [cert, status] of [
-      [good, 'good'],
-      [revoked, 'revoked'],
-    ] as const) {
+    for (const [cert, status] of expectedStatuses()) {
       const request = await t.file('req.der', '');
       assert.equal((await openssl(['ocsp', '-issuer', issuingFile, '-cert', cert, '-reqout', request, '-no_nonce'])).code, 0);
       const res = await t.api('POST', '/ocsp', { body: await readFile(request), headers: { 'content-type': 'application/ocsp-request' } });
       assert.equal(res.status, 200);
       const response = await t.file('resp.der', res.body);
-      const checked = await openssl(['ocsp', '-respin', response, '-issuer', issuingFile, '-cert', cert, '-CAfile', chainFile, '-no_nonce']);
-      assert.equal(checked.code, 0, checked.stdout + checked.stderr);
-      assert.match(checked.stderr, /Response verify OK/);
-      assert.match(checked.stdout, new RegExp(`${path.basename(cert)}: ${status}`));
+      assertOcspSays(await openssl(['ocsp', '-respin', response, ...ocspCheck(cert)]), cert, status);
+    }
+  });
+
+  test('the plain-HTTP PKI listener serves that same CRL and answers OCSP from it: one publisher behind both listeners', async () => {
+    const pkiUrl = `http://127.0.0.1:${t.fleet.api.pkiHttpPort}`;
+    const overHttp = await fetch(`${pkiUrl}/pki/crl`);
+    assert.equal(overHttp.status, 200, await overHttp.clone().text());
+    assert.deepEqual(Buffer.from(await overHttp.arrayBuffer()), (await t.api('GET', '/pki/crl')).body, 'the CRL signed before the outage, as over https');
+    for (const [cert, status] of expectedStatuses()) {
+      // openssl as the relying party, over plain HTTP, as the certificate's OCSP URL says.
+      assertOcspSays(await openssl(['ocsp', '-url', `${pkiUrl}/ocsp`, ...ocspCheck(cert)]), cert, status);
     }
   });
 
