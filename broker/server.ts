@@ -62,6 +62,8 @@ export interface RunningBroker {
   maxConnections: number;
   /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
   reloadTrust(): void;
+  /** Whether it still accepts connections: part of the API's readiness. */
+  listening(): boolean;
   close(): Promise<void>;
 }
 
@@ -145,6 +147,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     refusals: refusals.counts,
     maxConnections: frontDoor.maxConnections,
     reloadTrust: () => frontDoor.reloadTrust(),
+    listening: () => front.listening,
     async close() {
       // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
       const stopped = new Promise<void>((resolve) => front.close(() => resolve()));

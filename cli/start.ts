@@ -5,6 +5,7 @@ import { loadTopicPolicy } from '../broker/policy.js';
 import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { createApiMetrics } from '../provisioning/metrics.js';
+import { trustedProxies } from '../provisioning/client-certificate.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
 import type { FleetConfig } from '../core/config.js';
@@ -65,7 +66,18 @@ export async function startFleet(
     );
     started.push(broker);
     const api = await startProvisioningApi(
-      { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log, limits: config.apiLimits, metrics: createApiMetrics(metrics.registry) },
+      {
+        pool: db.pool,
+        ca,
+        policy,
+        enrollmentTokenTtlMs: config.enrollmentTokenTtlMs,
+        clock,
+        log,
+        limits: config.apiLimits,
+        metrics: createApiMetrics(metrics.registry),
+        readiness: { broker: broker.listening },
+        trustedProxies: trustedProxies(config.proxy),
+      },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
     );
     started.push(api);

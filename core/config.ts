@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
@@ -52,6 +53,8 @@ export interface FleetConfig {
   brokerKeepaliveMaxSeconds: number;
   /** How much of the provisioning API one client may use (FLEET_API_*). */
   apiLimits: ApiLimits;
+  /** A TLS-terminating proxy in front of the API whose forwarded client certificates are believed. */
+  proxy: TrustedProxyConfig;
 }
 
 /** How fast one address or one credential may ask the API, and how failed authentication backs off. */
@@ -68,6 +71,25 @@ export interface ThrottleLimits {
 
 /** The API's connection and timeout limits, and its rate limits per address and per credential. */
 export interface ApiLimits extends ServerLimits, ThrottleLimits {}
+
+export interface TrustedProxyConfig {
+  /** Addresses and CIDR blocks of the proxies; empty believes no forwarded certificate. */
+  trustedProxies: string[];
+  /** nginx: $ssl_client_escaped_cert in this header; x-forwarded-client-cert means Envoy's XFCC form. */
+  certHeader: string;
+  /** nginx: $ssl_client_verify in this header; only SUCCESS is believed. */
+  verifyHeader: string;
+}
+
+/** An IPv4 or IPv6 address, or a CIDR block of either. */
+const isAddressOrBlock = (text: string): boolean => {
+  const [address, bits, extra] = text.split('/');
+  const family = isIP(address ?? '');
+  if (family === 0 || extra !== undefined) return false;
+  if (bits === undefined) return true;
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+};
+const HEADER_NAME = /^[A-Za-z0-9-]+$/;
 
 const duration = (fallback: string) =>
   z
@@ -151,6 +173,13 @@ const schema = z.object({
   FLEET_API_CREDENTIAL_BURST: z.coerce.number().int().min(1).default(200),
   FLEET_API_AUTH_FAILURES: z.coerce.number().int().min(0).default(20),
   FLEET_API_AUTH_BACKOFF_MAX: duration('15m'),
+  FLEET_TRUSTED_PROXIES: z
+    .string()
+    .default('')
+    .transform((text) => text.split(',').map((a) => a.trim()).filter(Boolean))
+    .pipe(z.array(z.string().refine(isAddressOrBlock, 'each entry must be an IP address or a CIDR block such as 10.0.0.0/8'))),
+  FLEET_PROXY_CERT_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Cert').default('X-SSL-Client-Cert'),
+  FLEET_PROXY_VERIFY_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Verify').default('X-SSL-Client-Verify'),
 });
 
 export class ConfigError extends Error {
@@ -212,5 +241,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
       authFailuresFree: e.FLEET_API_AUTH_FAILURES,
       authBackoffMaxMs: e.FLEET_API_AUTH_BACKOFF_MAX,
     },
+    proxy: { trustedProxies: e.FLEET_TRUSTED_PROXIES, certHeader: e.FLEET_PROXY_CERT_HEADER, verifyHeader: e.FLEET_PROXY_VERIFY_HEADER },
   };
 }

@@ -6,11 +6,15 @@ import { deviceRoutes } from './api/devices.js';
 import { docsRoutes } from './api/docs.js';
 import { enrollmentRoutes } from './api/enrollment.js';
 import { estRoutes } from './api/est.js';
+import { healthRoutes } from './api/health.js';
 import { ocspRoutes } from './api/ocsp.js';
+import { serveOpenApi } from './api/openapi.js';
 import { pkiRoutes } from './api/pki.js';
 import { tokenRoutes } from './api/tokens.js';
 import type { ApiDeps, ProvisioningDeps } from './deps.js';
 import { createApiThrottle } from './throttle.js';
+import { crlPublisher } from './crl.js';
+import { crlSource } from './crl-source.js';
 
 /** Requests are small (a CSR is under 2 KiB); anything larger is refused before it is read. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -34,18 +38,21 @@ function guardedRouter(deps: ApiDeps) {
 
 /**
  * The signed objects, public by nature: CA certificates, CRLs, OCSP. Made once and served by both
- * listeners, so they share one CRL publisher and one OCSP responder.
+ * listeners, so they share one CRL publisher and one OCSP responder. The publisher is wrapped by the
+ * outage fallback: while the registry cannot be reached, the CRL and OCSP answer from the last CRL
+ * signed here.
  */
 export function signedObjectRoutes(deps: ProvisioningDeps) {
+  const crls = crlSource(crlPublisher(deps.pool, deps.ca, deps.clock), deps.clock, deps.log);
   const app = apiRouter();
-  app.route('/', pkiRoutes(deps));
-  app.route('/', ocspRoutes(deps));
+  app.route('/', pkiRoutes(deps, crls));
+  app.route('/', ocspRoutes(deps, crls));
   return app;
 }
 
 export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjectRoutes(deps)) {
   const app = guardedRouter(deps);
-  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  app.route('/', healthRoutes(deps));
   app.route('/', signedObjects);
   app.route('/', estRoutes(deps));
   app.route('/', enrollmentRoutes(deps));
@@ -53,7 +60,7 @@ export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjec
   app.route('/', tokenRoutes(deps));
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
   app.route('/', docsRoutes());
-  app.doc31('/openapi.json', { openapi: '3.1.0', info: { title: 'fleet-auth provisioning API', version: '0.1.0' } });
+  serveOpenApi(app);
   return app;
 }
 

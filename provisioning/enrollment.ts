@@ -1,8 +1,5 @@
-import type { TLSSocket } from 'node:tls';
 import { FleetError } from '../core/errors.js';
-import type { IssuingCa } from '../core/pki/authority.js';
-import { issuingCaOf } from '../core/pki/issued-by.js';
-import { normalizeFingerprint, sha256Hex, x509 } from '../core/pki/x509.js';
+import { sha256Hex, x509 } from '../core/pki/x509.js';
 import { enrollWithToken, knownEnrollmentTokens, type PresentedToken, renewCertificate, unknownEnrollmentToken } from '../core/registry/index.js';
 import { acceptCsr } from './csr.js';
 import type { ApiDeps, ProvisioningDeps } from './deps.js';
@@ -79,30 +76,16 @@ export async function enrollScreened(deps: ProvisioningDeps, request: CsrSubmiss
 }
 
 /**
- * The certificate a client presented on this TLS connection, or a refusal saying what is wrong with
- * it. It must have been issued by one of our issuing CAs, checked here by its signature (OpenSSL's
- * verify result is not used: it reports one error, so an expired foreign certificate looked merely
- * expired). Expiry is the registry's to judge, with the renew-after-expiry grace.
+ * Renewal over mTLS: the presented certificate proves the device (`presented`, as clientCertificateOf
+ * found and checked it, directly or from a trusted proxy), the CSR carries its new key.
  */
-export function presentedCertificate(socket: TLSSocket, issuers: readonly IssuingCa[]): { fingerprint: string } {
-  const peer = socket.getPeerCertificate?.();
-  if (!peer || !peer.raw || !peer.fingerprint256) {
-    throw new FleetError('client_certificate_required', 401, 'renewal needs the current device certificate presented as the TLS client certificate');
-  }
-  if (!issuingCaOf(issuers, peer.raw)) {
-    throw new FleetError('client_certificate_invalid', 401, 'the client certificate was not issued by one of this CA\'s issuing CAs; present the device certificate this CA issued, or re-enroll');
-  }
-  return { fingerprint: normalizeFingerprint(peer.fingerprint256) };
+/** Renewal's cheap checks, before the body is read: the presented certificate within its rate. */
+export function screenRenewal(deps: ApiDeps, presented: { fingerprint: string }): void {
+  deps.throttle.admitCredential('certificate', presented.fingerprint);
 }
 
-/** Renewal's cheap checks, before the body is read: a certificate of ours, presented within its rate. */
-export function screenRenewal(deps: ApiDeps, socket: TLSSocket): void {
-  deps.throttle.admitCredential('certificate', presentedCertificate(socket, deps.ca.issuers).fingerprint);
-}
-
-/** Renewal over mTLS: the presented certificate proves the device, the CSR carries its new key. */
-export async function renew(deps: ProvisioningDeps, socket: TLSSocket, request: CsrSubmission): Promise<Issued> {
-  const { fingerprint } = presentedCertificate(socket, deps.ca.issuers);
+export async function renew(deps: ProvisioningDeps, presented: { fingerprint: string }, request: CsrSubmission): Promise<Issued> {
+  const { fingerprint } = presented;
   const csr = await acceptCsr(deps.policy, request.csr);
   const lifetimeMs = lifetimeFor(deps.policy, request.lifetime);
   const now = deps.clock();

@@ -18,8 +18,10 @@ import {
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { Certificate, CRLReason, type Extension } from '@peculiar/asn1-x509';
 import type pg from 'pg';
+import { isDatabaseUnavailable } from '../core/db/unavailable.js';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority, IssuingCa } from '../core/pki/authority.js';
+import type { x509 } from '../core/pki/x509.js';
 import { type CertificateStatusAt, certificateStatusAt, REVOCATION_REASONS } from '../core/registry/index.js';
 
 /** What the answer depends on. */
@@ -43,6 +45,8 @@ export interface OcspResponderDeps {
   ca: CertificateAuthority;
   clock: () => Date;
   log: Logger;
+  /** The issuer's last signed CRL still valid: what is answered from while the registry cannot be reached. */
+  lastCrl?: (issuer: IssuingCa) => x509.X509Crl | undefined;
 }
 
 /** The issuing CA as CertIDs name it: hashes of its subject DN and of its public key bits, per algorithm. */
@@ -52,6 +56,12 @@ interface IssuerHashes {
 }
 
 export type OcspAnswer = { good: true } | { revokedAt: Date; reason: number } | { unknown: true };
+
+/** One answer per CertID, each with when it stops holding, and when they were known to be right. */
+interface Statuses {
+  answers: { answer: OcspAnswer; nextUpdate: Date }[];
+  thisUpdate: Date;
+}
 
 const hash = (algorithm: string, data: ArrayBuffer): Buffer => createHash(algorithm).update(new Uint8Array(data)).digest();
 
@@ -169,25 +179,65 @@ export function ocspResponder(deps: OcspResponderDeps) {
       return responder;
     });
 
-  async function singleResponse(responder: Responder, certId: CertID, thisUpdate: Date, nextUpdate: Date): Promise<SingleResponse> {
-    const serial = registrySerial(certId.serialNumber);
-    const record = isOurIssuer(certId, responder.hashes) ? await certificateStatusAt(deps.pool, serial, thisUpdate) : undefined;
-    const answer = ocspAnswer(record, responder.issuer.certificate.subject, thisUpdate);
-    // "good" for a superseded certificate lasts only until its overlap ends; no cache may keep it longer.
-    const until = 'good' in answer && record?.acceptUntil ? Math.min(nextUpdate.getTime(), wholeSeconds(record.acceptUntil).getTime()) : nextUpdate.getTime();
-    return new SingleResponse({ certID: certId, certStatus: certStatus(answer), thisUpdate, nextUpdate: new Date(until) });
+  /**
+   * The statuses of these CertIDs as the registry has them now (certificateStatusAt, the reading the
+   * CRL is built from). "good" for a superseded certificate lasts only until its overlap ends; no
+   * cache may keep it longer.
+   */
+  async function currentStatuses(responder: Responder, certIds: CertID[], now: Date): Promise<Statuses> {
+    const validUntil = now.getTime() + RESPONSE_VALIDITY_MS;
+    const answers: Statuses['answers'] = [];
+    for (const certId of certIds) {
+      const serial = registrySerial(certId.serialNumber);
+      const record = isOurIssuer(certId, responder.hashes) ? await certificateStatusAt(deps.pool, serial, now) : undefined;
+      const answer = ocspAnswer(record, responder.issuer.certificate.subject, now);
+      const until = 'good' in answer && record?.acceptUntil ? Math.min(validUntil, wholeSeconds(record.acceptUntil).getTime()) : validUntil;
+      answers.push({ answer, nextUpdate: new Date(until) });
+    }
+    return { answers, thisUpdate: now };
+  }
+
+  /**
+   * While the registry cannot be reached: what the issuer's last signed CRL says, dated as that CRL
+   * is (RFC 6960 2.4: thisUpdate is when the status was last known to be right). Not on it is good,
+   * as for any CRL-backed responder; undefined when there is no valid CRL to answer from.
+   */
+  function statusesFromCrl(responder: Responder, certIds: CertID[]): Statuses | undefined {
+    const crl = deps.lastCrl?.(responder.issuer);
+    const nextUpdate = crl?.nextUpdate;
+    if (!crl || !nextUpdate) return undefined;
+    const answers = certIds.map((certId) => {
+      if (!isOurIssuer(certId, responder.hashes)) return { answer: { unknown: true } as const, nextUpdate };
+      const entry = crl.findRevoked(registrySerial(certId.serialNumber));
+      const answer: OcspAnswer = entry ? { revokedAt: entry.revocationDate, reason: entry.reason ?? REVOCATION_REASONS.unspecified } : { good: true };
+      return { answer, nextUpdate };
+    });
+    return { answers, thisUpdate: crl.thisUpdate };
+  }
+
+  async function statusesOf(responder: Responder, certIds: CertID[], now: Date): Promise<Statuses> {
+    try {
+      return await currentStatuses(responder, certIds, now);
+    } catch (error) {
+      const fromCrl = isDatabaseUnavailable(error) ? statusesFromCrl(responder, certIds) : undefined;
+      if (!fromCrl) throw error;
+      deps.log.warn({ reason: (error as Error).message, crlThisUpdate: fromCrl.thisUpdate }, 'registry unreachable: OCSP answers from the last signed CRL');
+      return fromCrl;
+    }
   }
 
   async function signedResponse(request: OCSPRequest): Promise<ArrayBuffer> {
     const now = wholeSeconds(deps.clock());
-    const nextUpdate = new Date(now.getTime() + RESPONSE_VALIDITY_MS);
     const all = currentResponders();
     const ours = (certId: CertID) => all.find((r) => isOurIssuer(certId, r.hashes));
     // RFC 6960 2.3: about a CA we do not run we can say nothing authoritative, and must not sign "unknown" for it.
     if (!request.tbsRequest.requestList.every(({ reqCert }) => ours(reqCert))) return unsuccessful(OCSPResponseStatus.unauthorized);
     const responder = ours(request.tbsRequest.requestList[0]!.reqCert)!;
-    const responses: SingleResponse[] = [];
-    for (const { reqCert } of request.tbsRequest.requestList) responses.push(await singleResponse(responder, reqCert, now, nextUpdate));
+    const certIds = request.tbsRequest.requestList.map((r) => r.reqCert);
+    const { answers, thisUpdate } = await statusesOf(responder, certIds, now);
+    const responses = certIds.map(
+      (certID, i) => new SingleResponse({ certID, certStatus: certStatus(answers[i]!.answer), thisUpdate, nextUpdate: answers[i]!.nextUpdate }),
+    );
     const nonce = nonceOf(request);
     const tbsResponseData = new ResponseData({
       responderID: responder.id,
@@ -210,6 +260,11 @@ export function ocspResponder(deps: OcspResponderDeps) {
     try {
       return await signedResponse(request);
     } catch (error) {
+      // RFC 6960 2.3: tryLater is the answer for a responder that cannot tell right now.
+      if (isDatabaseUnavailable(error)) {
+        deps.log.warn({ reason: (error as Error).message }, 'registry unreachable and no valid CRL signed yet: OCSP answers tryLater');
+        return unsuccessful(OCSPResponseStatus.tryLater);
+      }
       deps.log.error({ err: error }, 'OCSP request failed');
       return unsuccessful(OCSPResponseStatus.internalError);
     }

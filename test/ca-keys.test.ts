@@ -4,13 +4,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ConfigError, loadConfig } from '../core/config.js';
-import { createLogger, type Logger } from '../core/log.js';
+import type { Logger } from '../core/log.js';
 import { projectRoot } from '../core/paths.js';
 import { type AuthorityOptions, loadAuthority } from '../core/pki/authority.js';
 import { fileKeyStore } from '../core/pki/key-store.js';
 import { fingerprintOf } from '../core/pki/x509.js';
 import { startTestFleet } from './support/fleet.js';
 import { openssl, run } from './support/openssl.js';
+import { capturingLogger, WARN } from './support/log.js';
 
 const PASSPHRASE = 'correct horse battery staple';
 const KEYS = ['root', 'issuing', 'server'] as const;
@@ -28,14 +29,6 @@ async function dataDir(): Promise<string> {
   return dir;
 }
 
-/** A real pino logger whose JSON lines are kept, to check what was said and that no secret was. */
-function capturingLogger(): { log: Logger; lines: () => { level: number; msg: string; raw: string }[] } {
-  const raw: string[] = [];
-  const log = createLogger('debug', { write: (line: string) => void raw.push(line) });
-  return { log, lines: () => raw.map((line) => ({ ...JSON.parse(line), raw: line })) };
-}
-
-const WARN = 40;
 
 function assertNoSecretsIn(lines: { raw: string }[]) {
   for (const { raw } of lines) {

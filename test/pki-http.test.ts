@@ -104,8 +104,11 @@ describe('the plain-HTTP PKI listener', () => {
       ['GET', '/v1/devices/pki-http-1'],
       ['POST', '/v1/renewals'],
       ['GET', '/.well-known/est/cacerts'],
+      ['GET', '/.well-known/est/csrattrs'],
       ['POST', '/.well-known/est/simpleenroll'],
       ['GET', '/healthz'],
+      ['GET', '/healthz/live'],
+      ['GET', '/healthz/ready'],
       ['GET', '/docs'],
       ['GET', '/openapi.json'],
     ];

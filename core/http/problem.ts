@@ -1,6 +1,8 @@
 import type { Context, Hono } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type { HttpBindings } from '@hono/node-server';
+import { isDatabaseUnavailable, registryUnavailable } from '../db/unavailable.js';
 import { FleetError } from '../errors.js';
 import type { Logger } from '../log.js';
 
@@ -43,7 +45,9 @@ export function problemResponse(c: Context, error: FleetError): Response {
       ? 'Basic realm="fleet-auth EST", charset="UTF-8"'
       : 'Bearer realm="fleet-auth"';
   }
-  if (typeof error.extra.retryAfter === 'number') headers['retry-after'] = String(error.extra.retryAfter);
+  // RFC 9110 10.2.3: a 503 or 429 may say when to come back, in whole seconds.
+  const retryAfter = error.extra.retryAfter;
+  if (typeof retryAfter === 'number') headers['retry-after'] = String(Math.ceil(retryAfter));
   return c.body(JSON.stringify(body), error.status as ContentfulStatusCode, headers);
 }
 
@@ -58,12 +62,38 @@ function fromHttpException(error: HTTPException): FleetError {
   return new FleetError('request_malformed', error.status, error.message || 'the request is malformed');
 }
 
+/**
+ * The problem a failure is, when it is one we expected: our own refusals, Hono's refusals, and the
+ * registry's database timing out or being unreachable (503, never a 500). undefined for a bug.
+ */
+export function knownProblem(error: unknown): FleetError | undefined {
+  if (error instanceof FleetError) return error;
+  if (error instanceof HTTPException && error.status < 500) return fromHttpException(error);
+  if (isDatabaseUnavailable(error)) return registryUnavailable();
+  return undefined;
+}
+
+/** The client closed its connection before we finished reading its request: nobody is left to answer. */
+function clientWentAway(c: Context): boolean {
+  const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
+  if (incoming) return incoming.errored !== null || (incoming.destroyed && !incoming.complete);
+  return c.req.raw.signal.aborted;
+}
+
 /** Every failure leaves as application/problem+json; anything unexpected is logged and becomes a bare 500. */
 export function installProblemHandlers(app: Hono<any>, log: Logger): void {
   app.notFound((c) => problemResponse(c, new FleetError('not_found', 404, `there is no ${c.req.method} ${c.req.path}`)));
   app.onError((error, c) => {
-    if (error instanceof FleetError) return problemResponse(c, error);
-    if (error instanceof HTTPException && error.status < 500) return problemResponse(c, fromHttpException(error));
+    // Checked first: an aborted upload surfaces as a socket error (ECONNRESET), which is not the database's.
+    if (clientWentAway(c)) {
+      log.info({ method: c.req.method, path: c.req.path, reason: error.message }, 'client closed the connection before its request was read');
+      return problemResponse(c, new FleetError('request_aborted', 400, 'the client closed the connection before the request was read'));
+    }
+    const known = knownProblem(error);
+    if (known?.code === 'registry_unavailable') {
+      log.warn({ method: c.req.method, path: c.req.path, reason: error.message }, 'the registry database failed this request; answered 503');
+    }
+    if (known) return problemResponse(c, known);
     log.error({ err: error, method: c.req.method, path: c.req.path }, 'request failed');
     return problemResponse(c, new FleetError('internal_error', 500, 'the server failed to handle this request; it has been logged'));
   });

@@ -1,12 +1,11 @@
-import type { TLSSocket } from 'node:tls';
-import type { HttpBindings } from '@hono/node-server';
 import { createRoute, z } from '@hono/zod-openapi';
 import { FleetError } from '../../core/errors.js';
-import { problemBody } from '../../core/http/problem.js';
+import { knownProblem, problemBody } from '../../core/http/problem.js';
 import { apiRouter } from '../../core/http/router.js';
 import { fingerprintOf, pemChain } from '../../core/pki/x509.js';
 import type { ApiDeps, ProvisioningDeps } from '../deps.js';
 import { enroll, enrollScreened, type Issued, renew, screenEnrollmentTokens, screenRenewal } from '../enrollment.js';
+import { clientCertificateOf } from '../client-certificate.js';
 import { IssuedCertificate, Lifetime, problemResponses } from './schemas.js';
 import { mapLimited } from '../../core/concurrency.js';
 
@@ -65,6 +64,7 @@ const renewRoute = createRoute({
   method: 'post',
   path: '/v1/renewals',
   summary: 'Renew over mTLS: present the current certificate as the TLS client certificate and send a CSR for a new key',
+  security: [{ deviceCertificate: [] }],
   request: { body: { required: true, content: { 'application/json': { schema: z.object({ csr: Csr, lifetime: Lifetime.optional() }) } } } },
   responses: {
     201: { description: 'the new certificate; the presented one is superseded', content: { 'application/json': { schema: IssuedCertificate } } },
@@ -87,8 +87,6 @@ export function issuedBody(deps: ProvisioningDeps, issued: Issued) {
 }
 
 
-export const tlsSocketOf = (env: unknown): TLSSocket => (env as HttpBindings).incoming.socket as TLSSocket;
-
 export function enrollmentRoutes(deps: ApiDeps) {
   const app = apiRouter();
 
@@ -109,8 +107,9 @@ export function enrollmentRoutes(deps: ApiDeps) {
         const issued = await enrollScreened(deps, request);
         return { index, status: issued.replayed ? 200 : 201, certificate: issuedBody(deps, issued) };
       } catch (error) {
-        if (!(error instanceof FleetError)) deps.log.error({ err: error, index }, 'batch enrollment item failed');
-        const problem = error instanceof FleetError ? error : new FleetError('internal_error', 500, 'this enrollment failed on the server; it has been logged');
+        const known = knownProblem(error);
+        if (!known) deps.log.error({ err: error, index }, 'batch enrollment item failed');
+        const problem = known ?? new FleetError('internal_error', 500, 'this enrollment failed on the server; it has been logged');
         return { index, status: problem.status, problem: problemBody(problem, c.req.path) };
       }
     });
@@ -120,11 +119,11 @@ export function enrollmentRoutes(deps: ApiDeps) {
 
   // The client certificate is checked before the body is read.
   app.use(renewRoute.path, async (c, next) => {
-    screenRenewal(deps, tlsSocketOf(c.env));
+    screenRenewal(deps, clientCertificateOf(deps, c));
     await next();
   });
   app.openapi(renewRoute, async (c) => {
-    const issued = await renew(deps, tlsSocketOf(c.env), c.req.valid('json'));
+    const issued = await renew(deps, clientCertificateOf(deps, c), c.req.valid('json'));
     return c.json(issuedBody(deps, issued), 201);
   });
   return app;

@@ -2,8 +2,8 @@ import { Hono, type HonoRequest } from 'hono';
 import { AuthenticationError, FleetError } from '../../core/errors.js';
 import type { ApiDeps } from '../deps.js';
 import { enrollScreened, renew, screenEnrollmentTokens, screenRenewal } from '../enrollment.js';
+import { clientCertificateOf } from '../client-certificate.js';
 import { CERTS_ONLY, certsOnly, CSR_ATTRS, csrAttributes } from '../est-encoding.js';
-import { tlsSocketOf } from './enrollment.js';
 
 /**
  * EST's enrollment credentials: HTTP Basic with the device id as user and the enrollment token as
@@ -50,8 +50,9 @@ export function estRoutes(deps: ApiDeps) {
   });
   // Renewal: the TLS client certificate identifies the device (RFC 7030 section 4.2.2).
   app.post('/.well-known/est/simplereenroll', async (c) => {
-    screenRenewal(deps, tlsSocketOf(c.env));
-    const { certificate } = await renew(deps, tlsSocketOf(c.env), { csr: await pkcs10Body(c.req) });
+    const presented = clientCertificateOf(deps, c);
+    screenRenewal(deps, presented);
+    const { certificate } = await renew(deps, presented, { csr: await pkcs10Body(c.req) });
     return c.body(certsOnly([certificate]), 200, { 'content-type': CERTS_ONLY });
   });
   return app;

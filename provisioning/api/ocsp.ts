@@ -1,5 +1,6 @@
 import { Hono } from 'hono';
 import { FleetError } from '../../core/errors.js';
+import type { CrlSource } from '../crl-source.js';
 import type { ProvisioningDeps } from '../deps.js';
 import { ocspResponder } from '../ocsp.js';
 
@@ -26,9 +27,9 @@ export function requestFromPath(url: string): Uint8Array {
 }
 
 /** OCSP (RFC 6960) for the issuing CA. Public, like the CRL: it tells only what any relying party may know. */
-export function ocspRoutes(deps: ProvisioningDeps) {
+export function ocspRoutes(deps: ProvisioningDeps, crls: CrlSource) {
   const app = new Hono();
-  const respond = ocspResponder(deps);
+  const respond = ocspResponder({ ...deps, lastCrl: crls.lastValid });
   app.post('/ocsp', async (c) => {
     const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
     if (type !== 'application/ocsp-request') {

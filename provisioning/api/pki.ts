@@ -1,16 +1,16 @@
 import { Hono } from 'hono';
 import { FleetError } from '../../core/errors.js';
 import type { IssuingCa } from '../../core/pki/authority.js';
+import type { CrlSource } from '../crl-source.js';
 import type { ProvisioningDeps } from '../deps.js';
-import { crlPem, crlPublisher } from '../crl.js';
+import { crlPem } from '../crl.js';
 
 /**
  * The trust anchors and CRLs: public by nature, served without authentication. Each issuing CA is
  * also addressed by its key id, which is what certificates name, so URLs stay right after rotation.
  */
-export function pkiRoutes(deps: ProvisioningDeps) {
+export function pkiRoutes(deps: ProvisioningDeps, { crlOf }: CrlSource) {
   const app = new Hono();
-  const crlOf = crlPublisher(deps.pool, deps.ca, deps.clock);
   const pem = { 'content-type': 'application/pem-certificate-chain' };
   const der = (issuer: IssuingCa) => new Uint8Array(issuer.certificate.rawData);
   const issuerNamed = (keyId: string) => {

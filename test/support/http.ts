@@ -11,12 +11,20 @@ export interface HttpResult {
 /** A real HTTPS request, trusting only our root CA, as an operator's or factory's client would. */
 export function httpsRequest(
   url: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string | Buffer; ca: string; cert?: string; key?: string },
+  options: { method?: string; headers?: Record<string, string>; body?: string | Buffer; ca: string; cert?: string; key?: string; localAddress?: string },
 ): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
     const req = https.request(
       url,
-      { method: options.method ?? 'GET', headers: options.headers, ca: options.ca, cert: options.cert, key: options.key, agent: false },
+      {
+        method: options.method ?? 'GET',
+        headers: options.headers,
+        ca: options.ca,
+        cert: options.cert,
+        key: options.key,
+        localAddress: options.localAddress,
+        agent: false,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
