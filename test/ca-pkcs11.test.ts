@@ -6,10 +6,11 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import * as graphene from 'graphene-pk11';
+import { ConfigError, loadConfig } from '../core/config.js';
 import { createLogger, type Logger } from '../core/log.js';
-import { projectRoot } from '../core/paths.js';
 import { x509 } from '../core/pki/x509.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
+import { fleetCli as runFleet } from './support/cli.js';
 import { openssl, run } from './support/openssl.js';
 
 /** Where Debian's softhsm2 package puts the module. */
@@ -18,7 +19,6 @@ const installed = existsSync(MODULE) && existsSync('/usr/bin/softhsm2-util');
 const TOKEN = 'fleet-test-ca';
 const PIN = '246810';
 const SO_PIN = '13579111';
-const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 const PKCS11_ENV = { FLEET_CA_PKCS11_MODULE: MODULE, FLEET_CA_PKCS11_TOKEN: TOKEN, FLEET_CA_PKCS11_PIN: PIN };
 
 describe('the issuing CA key in a PKCS#11 token (SoftHSM2)', { skip: installed ? false : `softhsm2 is not installed (no ${MODULE}); apt-get install softhsm2, as .ci/run does` }, () => {
@@ -50,13 +50,7 @@ describe('the issuing CA key in a PKCS#11 token (SoftHSM2)', { skip: installed ?
   const issuingKeyFiles = async () => (await readdir(path.join(t.dataDir, 'pki'))).filter((name) => /^issuing.*\.key/.test(name));
 
   /** The fleet CLI beside the running fleet: same data directory, database and token. */
-  function fleetCli(args: string[], env: Record<string, string | undefined> = {}) {
-    const full: NodeJS.ProcessEnv = { ...process.env, FLEET_DATA_DIR: t.dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', LOG_LEVEL: 'warn', ...PKCS11_ENV, ...env };
-    if (t.config.databaseUrl) full.DATABASE_URL = t.config.databaseUrl;
-    else delete full.DATABASE_URL;
-    for (const [name, value] of Object.entries(env)) if (value === undefined) delete full[name];
-    return run(process.execPath, [FLEET, ...args], { env: full });
-  }
+  const fleetCli = (args: string[], env: Record<string, string | undefined> = {}) => runFleet(t, args, { ...PKCS11_ENV, ...env });
 
   async function untilGeneration(generation: number): Promise<void> {
     for (let i = 0; i < 200 && t.fleet.ca.current.generation !== generation; i++) await sleep(50);
@@ -188,4 +182,13 @@ describe('the issuing CA key in a PKCS#11 token (SoftHSM2)', { skip: installed ?
       module.finalize();
     }
   });
+});
+
+test('FLEET_CA_PKCS11_MODULE without a token or PIN is a configuration error that names what is missing', () => {
+  assert.throws(
+    () => loadConfig({ FLEET_CA_PKCS11_MODULE: MODULE, FLEET_CA_PKCS11_TOKEN: TOKEN }),
+    (error: Error) => error instanceof ConfigError && /FLEET_CA_PKCS11_MODULE is set, so FLEET_CA_PKCS11_PIN must be too/.test(error.message),
+  );
+  assert.deepEqual(loadConfig({ ...PKCS11_ENV }).caPkcs11, { module: MODULE, token: TOKEN, pin: PIN, keyLabel: 'fleet-ca' });
+  assert.equal(loadConfig({}).caPkcs11, undefined);
 });
