@@ -150,7 +150,7 @@ describe('the issuing CA key in a PKCS#11 token (SoftHSM2)', { skip: installed ?
     }
   });
 
-  test('a wrong PIN or an unknown token stops the start with one line that says which, never echoing the PIN', async () => {
+  test('a wrong PIN, an unknown token or no token at all stops the start with one line that says which, never echoing the PIN', async () => {
     const wrongPin = await fleetCli(['start'], { FLEET_CA_PKCS11_PIN: '999999' });
     assert.equal(wrongPin.code, 2, wrongPin.stderr);
     assert.match(wrongPin.stderr, /^error: FLEET_CA_PKCS11_PIN is not the user PIN of the PKCS#11 token "fleet-test-ca"$/m);
@@ -158,6 +158,9 @@ describe('the issuing CA key in a PKCS#11 token (SoftHSM2)', { skip: installed ?
     const unknown = await fleetCli(['start'], { FLEET_CA_PKCS11_TOKEN: 'no-such-token' });
     assert.equal(unknown.code, 2, unknown.stderr);
     assert.match(unknown.stderr, /^error: FLEET_CA_PKCS11_TOKEN: .* has no token labelled "no-such-token"; it has "fleet-test-ca"/m);
+    const noToken = await fleetCli(['start'], Object.fromEntries(Object.keys(PKCS11_ENV).map((k) => [k, undefined])));
+    assert.equal(noToken.code, 2, noToken.stderr);
+    assert.match(noToken.stderr, /^error: issuing CA 3 \(.*issuing-3\.crt\) has no private key here: .*FLEET_CA_PKCS11_\* for a token\)$/m);
   });
 
   test('the issuing keys in the token are sensitive and not extractable', async () => {

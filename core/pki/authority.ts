@@ -268,14 +268,20 @@ async function loadIssuers(dir: string, keys: KeyStore): Promise<IssuingCa[]> {
   const issuers: IssuingCa[] = [];
   for (const generation of generations) {
     const signer = await keys.signer(issuerFileName(generation), ISSUING_CURVE);
-    if (!signer) continue;
+    // Trusted but unable to sign would strand its devices' CRL and OCSP: say so rather than skip it.
+    if (!signer) {
+      throw new ConfigError(
+        `issuing CA ${generation} (${issuingCertFile(dir, generation)}) has no private key here: it is neither a file in ${dir} ` +
+          'nor in a configured PKCS#11 token; run with the key store it was made with (FLEET_CA_PKCS11_* for a token)',
+      );
+    }
     const certificate = await readCertificate(issuingCertFile(dir, generation));
     if (!signerMatches(signer, certificate)) {
       throw new ConfigError(`the key of issuing CA ${generation} (${signer.location}) is not the key its certificate ${issuingCertFile(dir, generation)} names`);
     }
     issuers.push(issuingCa(generation, { certificate, signer }));
   }
-  if (issuers.length === 0) throw new Error(`no issuing CA with its key in ${dir}`);
+  if (issuers.length === 0) throw new Error(`no issuing CA in ${dir}`);
   return issuers;
 }
 
