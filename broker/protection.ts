@@ -1,6 +1,6 @@
+import { readFileSync } from 'node:fs';
 import net, { isIPv4 } from 'node:net';
 import type { Readable } from 'node:stream';
-import type tls from 'node:tls';
 
 /*
  * Protection for the broker's front door, applied before any registry lookup: a connection gate
@@ -100,16 +100,57 @@ export function connectionGate(options: ConnectionGateOptions): ConnectionGate {
   };
 }
 
+/** The cap where the open-file limit cannot be read (no /proc) or is unlimited. */
+export const FALLBACK_MAX_CONNECTIONS = 16_000;
+
 /**
- * A plain TCP server to listen on in place of `tlsServer`: each connection passes the gate first, and
- * only admitted ones are handed to `tlsServer` (its documented `emit('connection', socket)`), so a
- * refused one costs no TLS state and no handshake. Destroying a refused socket inside the TLS
- * server's own 'connection' event would instead surface as a 'tlsClientError' (ECONNRESET) and be
- * counted twice. The TLS server keeps its options, `setSecureContext` and handshake timeout; it is
- * just never listened on itself.
+ * File descriptors left for everything beside broker connections: the API's clients, the database
+ * pools and change feed, logs and the CA's files.
+ */
+export const reservedFiles = (openFiles: number): number => Math.max(512, Math.ceil(openFiles / 10));
+
+/**
+ * The process's soft limit on open files, from Linux's /proc/self/limits (Node raises it to the hard
+ * limit at start). Undefined where there is no such file or the limit is unlimited.
+ */
+export function openFileLimit(readLimits: () => string = () => readFileSync('/proc/self/limits', 'utf8')): number | undefined {
+  let text: string;
+  try {
+    text = readLimits();
+  } catch {
+    return undefined;
+  }
+  const soft = /^Max open files\s+(\d+)\s/m.exec(text)?.[1];
+  return soft === undefined ? undefined : Number(soft);
+}
+
+export interface ConnectionCap {
+  maxConnections: number;
+  /** The open-file limit it was derived from, when known. */
+  openFiles: number | undefined;
+  /** Whether a configured cap was lowered to fit the open-file limit. */
+  lowered: boolean;
+}
+
+/**
+ * Broker connections open at once: what was asked for (FLEET_BROKER_MAX_CONNECTIONS), or all the
+ * open-file limit allows, but never more than that limit minus the reserve, so accepting a
+ * connection never fails with EMFILE.
+ */
+export function connectionCap(requested: number | undefined, openFiles: number | undefined): ConnectionCap {
+  if (openFiles === undefined) return { maxConnections: requested ?? FALLBACK_MAX_CONNECTIONS, openFiles, lowered: false };
+  const room = Math.max(1, openFiles - reservedFiles(openFiles));
+  const lowered = requested !== undefined && requested > room;
+  return { maxConnections: requested === undefined || lowered ? room : requested, openFiles, lowered };
+}
+
+/**
+ * A plain TCP server whose connections pass the gate first: only admitted ones are handed to
+ * `onAdmitted` (the TLS layer), so a refused one costs no TLS state and no handshake. An admitted
+ * connection holds its slot until its socket closes.
  */
 export function gatedServer(
-  tlsServer: tls.Server,
+  onAdmitted: (socket: net.Socket) => void,
   gate: ConnectionGate,
   onRefuse: (decision: Exclude<GateDecision, 'ok'>, address: string) => void,
 ): net.Server {
@@ -122,7 +163,7 @@ export function gatedServer(
       return;
     }
     socket.once('close', () => gate.release(address));
-    tlsServer.emit('connection', socket);
+    onAdmitted(socket);
   });
 }
 

@@ -1,14 +1,13 @@
 import type { Client } from 'aedes';
 import type { CertificateIdentity } from '../core/registry/index.js';
-
-/** Longest single timer Node allows (about 24.8 days); longer deadlines are re-armed. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+import type { Deadline, Scheduler } from '../core/scheduler.js';
 
 export interface Session {
   client: Client;
   identity: CertificateIdentity;
   fingerprint: string;
-  timer?: NodeJS.Timeout;
+  /** When the session ends by itself, held in the broker's one deadline scheduler. */
+  deadline?: Deadline;
 }
 
 export type CloseReason = 'revoked' | 'suspended' | 'expired' | 'superseded' | 'issuer_retired' | 'shutdown';
@@ -20,6 +19,9 @@ export function deadlineOf(identity: CertificateIdentity): number {
   return notAfter;
 }
 
+const reasonAtDeadline = (identity: CertificateIdentity): CloseReason =>
+  identity.certificateStatus === 'superseded' ? 'superseded' : 'expired';
+
 /**
  * The live MQTT sessions of each device, with the certificate each uses, so a revocation can close
  * them at once and each one ends by itself when its certificate stops being valid.
@@ -28,7 +30,7 @@ export class DeviceSessions {
   readonly #byDevice = new Map<string, Set<Session>>();
 
   constructor(
-    private readonly now: () => number,
+    private readonly scheduler: Scheduler,
     private readonly onClosed: (session: Session, reason: CloseReason) => void,
   ) {}
 
@@ -44,16 +46,17 @@ export class DeviceSessions {
 
   /** Takes a fresher view of the session's certificate (say, superseded) and moves its deadline. */
   rearm(session: Session, identity: CertificateIdentity): void {
+    // A session that closed while its certificate was re-read keeps no deadline behind.
+    if (!this.#byDevice.get(session.identity.deviceId)?.has(session)) return;
     session.identity = identity;
-    clearTimeout(session.timer);
-    const wait = deadlineOf(identity) - this.now();
-    if (wait <= 0) return this.end(session, identity.certificateStatus === 'superseded' ? 'superseded' : 'expired');
-    session.timer = setTimeout(() => this.rearm(session, session.identity), Math.min(wait, MAX_TIMER_MS));
-    session.timer.unref();
+    const at = deadlineOf(identity);
+    if (at <= this.scheduler.now()) return this.end(session, reasonAtDeadline(identity));
+    if (session.deadline) session.deadline.reschedule(at);
+    else session.deadline = this.scheduler.at(at, () => this.end(session, reasonAtDeadline(session.identity)));
   }
 
   #remove(session: Session): void {
-    clearTimeout(session.timer);
+    session.deadline?.cancel();
     const sessions = this.#byDevice.get(session.identity.deviceId);
     if (!sessions) return;
     sessions.delete(session);

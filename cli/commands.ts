@@ -60,6 +60,7 @@ export function registerCommands(program: Command): void {
           'fleet-auth is running.',
           `  provisioning API  https://localhost:${fleet.api.port}  (reference at /docs, OpenAPI at /openapi.json)`,
           `  MQTT broker       mqtts://localhost:${fleet.broker.port}  (client certificate required)`,
+          ...(fleet.api.pkiHttpPort === undefined ? [] : [`  CRLs, OCSP, CAs   http://localhost:${fleet.api.pkiHttpPort}  (plain HTTP, signed objects only)`]),
           `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
           `  root CA           ${rootCertificatePath(config)}`,
           'Next, in another terminal: npx fleet token create --role admin',

@@ -10,6 +10,7 @@ import type { FleetConfig } from '../core/config.js';
 import { type Database, ensureDataDir, openDatabase } from '../core/db/database.js';
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
+import { createScheduler, type Scheduler } from '../core/scheduler.js';
 import { caKeyStore, warnAboutCaKeys } from './ca-keys.js';
 
 export { caKeyStore };
@@ -29,6 +30,7 @@ export async function startFleet(
   config: FleetConfig,
   log: Logger,
   clock: () => Date = () => new Date(),
+  scheduler: Scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a session deadline failed') }),
 ): Promise<RunningFleet> {
   await ensureDataDir(config.dataDir);
   const db = await openDatabase(config, log);
@@ -49,7 +51,7 @@ export async function startFleet(
     started.push(changes);
     await changes.ready;
     const broker = await startBroker(
-      { pool: db.pool, metrics, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      { pool: db.pool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
       {
         host: config.listenHost,
         port: config.brokerPort,
@@ -66,11 +68,11 @@ export async function startFleet(
     started.push(broker);
     const api = await startProvisioningApi(
       { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log },
-      { host: config.listenHost, port: config.apiPort },
+      { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
     );
     started.push(api);
     // With port 0 the address is known only now; certificates issued from here on name it.
-    if (!config.publicUrl) policy.publicUrl = `https://localhost:${api.port}`;
+    policy.publicUrl = pkiBaseUrl(config, api);
     // A rotation or retirement (fleet ca) in any process: sign with the new issuing CA, present a server
     // certificate from it, trust only the issuing CAs left, and end the sessions of retired ones.
     changes.onCaChange(() => {
@@ -99,8 +101,15 @@ export function policyFromConfig(config: FleetConfig): IssuancePolicy {
     minLifetimeMs: config.minCertificateLifetimeMs,
     maxLifetimeMs: config.maxCertificateLifetimeMs,
     trustDomain: config.trustDomain,
-    publicUrl: config.publicUrl ?? `https://localhost:${config.apiPort}`,
+    publicUrl: pkiBaseUrl(config, { port: config.apiPort, pkiHttpPort: config.pkiHttpPort }),
     renewalOverlapMs: config.renewalOverlapMs,
     allowKeyReuse: config.allowKeyReuse,
+    renewAfterExpiryMs: config.renewAfterExpiryMs,
   });
+}
+
+/** Where certificates send relying parties: the plain-HTTP PKI listener, or the API while it is off. */
+function pkiBaseUrl(config: FleetConfig, ports: { port: number; pkiHttpPort: number | undefined }): string {
+  if (ports.pkiHttpPort === undefined) return config.publicUrl ?? `https://localhost:${ports.port}`;
+  return config.pkiPublicUrl ?? `http://localhost:${ports.pkiHttpPort}`;
 }

@@ -18,10 +18,16 @@ export interface FleetConfig {
   minCertificateLifetimeMs: number;
   maxCertificateLifetimeMs: number;
   allowedKeys: KeyKind[];
-  /** Base URL of the API as devices reach it, for the CRL and OCSP URLs in certificates. */
+  /** Base URL of the API as devices reach it; in certificates only while the PKI listener is off. */
   publicUrl: string | undefined;
+  /** The plain-HTTP listener for CRLs, OCSP and CA certificates; undefined when turned off. */
+  pkiHttpPort: number | undefined;
+  /** Base URL of that listener as relying parties reach it, for the CRL, OCSP and issuer URLs in certificates. */
+  pkiPublicUrl: string | undefined;
   renewalOverlapMs: number;
   allowKeyReuse: boolean;
+  /** How long after expiry a certificate may still renew over mTLS; 0 never. */
+  renewAfterExpiryMs: number;
   enrollmentTokenTtlMs: number;
   /** A JSON file of topic policy templates; unset uses the built-in default. */
   brokerPolicyFile: string | undefined;
@@ -39,8 +45,8 @@ export interface FleetConfig {
   /** New broker connections one address may open per second, sustained, and at once after a quiet spell. */
   brokerConnectRate: number;
   brokerConnectBurst: number;
-  /** Broker connections open at once, from everyone. */
-  brokerMaxConnections: number;
+  /** Broker connections open at once, from everyone; unset derives it from the open-file limit. */
+  brokerMaxConnections: number | undefined;
   /** The largest MQTT packet the broker reads, fixed header included; a larger one closes the connection. */
   brokerMaxPacketBytes: number;
   /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
@@ -55,6 +61,20 @@ const duration = (fallback: string) =>
       const ms = parseDuration(text);
       if (ms === undefined || ms <= 0) {
         ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration such as 90d, 12h, 30m or 45s` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const optionalDuration = () =>
+  z
+    .string()
+    .optional()
+    .transform((text, ctx) => {
+      if (text === undefined) return 0;
+      const ms = parseDuration(text);
+      if (ms === undefined || ms <= 0) {
+        ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration such as 7d or 12h` });
         return z.NEVER;
       }
       return ms;
@@ -82,7 +102,10 @@ const schema = z.object({
     .transform((text) => text.split(',').map((k) => k.trim()).filter(Boolean))
     .pipe(z.array(z.enum(KEY_KINDS, { error: `each key kind must be one of ${KEY_KINDS.join(', ')}` })).min(1)),
   FLEET_PUBLIC_URL: z.url({ protocol: /^https$/, error: 'an https:// URL such as https://fleet.example.com:8443' }).optional(),
+  FLEET_PKI_HTTP_PORT: z.union([z.literal('off'), port(8080)]).default(8080),
+  FLEET_PKI_PUBLIC_URL: z.url({ protocol: /^http$/, error: 'an http:// URL such as http://pki.fleet.example.com' }).optional(),
   FLEET_RENEWAL_OVERLAP: duration('1h'),
+  FLEET_RENEW_AFTER_EXPIRY: optionalDuration(),
   FLEET_ALLOW_KEY_REUSE: z.enum(['true', 'false']).default('false'),
   FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
   // The length rule says nothing about the value, so the passphrase never appears in an error.
@@ -100,7 +123,7 @@ const schema = z.object({
   FLEET_METRICS_PORT: port(9464),
   FLEET_BROKER_CONNECT_RATE: z.coerce.number().positive().default(50),
   FLEET_BROKER_CONNECT_BURST: z.coerce.number().int().min(1).default(100),
-  FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(16_000),
+  FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).optional(),
   // A CONNECT with a long client id fits in well under 1 KiB; MQTT itself stops at 256 MiB plus a 5-byte header.
   FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
   // MQTT's keepalive field is 16 bits.
@@ -145,7 +168,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     maxCertificateLifetimeMs: e.FLEET_CERT_LIFETIME_MAX,
     allowedKeys: e.FLEET_ALLOWED_KEYS,
     publicUrl: e.FLEET_PUBLIC_URL?.replace(/\/+$/, ''),
+    pkiHttpPort: e.FLEET_PKI_HTTP_PORT === 'off' ? undefined : e.FLEET_PKI_HTTP_PORT,
+    pkiPublicUrl: e.FLEET_PKI_PUBLIC_URL?.replace(/\/+$/, ''),
     renewalOverlapMs: e.FLEET_RENEWAL_OVERLAP,
+    renewAfterExpiryMs: e.FLEET_RENEW_AFTER_EXPIRY,
     allowKeyReuse: e.FLEET_ALLOW_KEY_REUSE === 'true',
     enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
     brokerPolicyFile: e.FLEET_BROKER_POLICY,

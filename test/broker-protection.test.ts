@@ -254,7 +254,7 @@ describe('gated TLS server on real sockets', () => {
     const tlsErrors: Error[] = [];
     tlsServer.on('tlsClientError', (error) => tlsErrors.push(error));
     const refused: [string, string][] = [];
-    const front = gatedServer(tlsServer, gate, (decision, address) => refused.push([decision, address]));
+    const front = gatedServer((socket) => tlsServer.emit('connection', socket), gate, (decision, address) => refused.push([decision, address]));
     front.listen(0, '127.0.0.1');
     await once(front, 'listening');
     const port = (front.address() as { port: number }).port;
@@ -368,7 +368,7 @@ describe('protection configuration', () => {
     const config = loadConfig({});
     assert.equal(config.brokerConnectRate, 50);
     assert.equal(config.brokerConnectBurst, 100);
-    assert.equal(config.brokerMaxConnections, 16_000);
+    assert.equal(config.brokerMaxConnections, undefined, 'derived from the open-file limit');
     assert.equal(config.brokerMaxPacketBytes, 262_144);
     assert.equal(config.brokerKeepaliveMaxSeconds, 1200);
     assert.equal(loadConfig({ FLEET_BROKER_CONNECT_RATE: '0.5' }).brokerConnectRate, 0.5);

@@ -11,6 +11,7 @@ import { type RunningFleet, startFleet } from '../../cli/start.js';
 import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';
+import type { ManualTime } from './time.js';
 
 /**
  * A database of the test's own: on DATABASE_URL's server a fresh database created now and dropped at
@@ -69,13 +70,22 @@ export interface TestFleet {
   /** Writes a file under the test's data directory (for openssl and curl) and returns its path. */
   file(name: string, content: string | Buffer): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
+  /** Registers a backend service identity with a policy role (fleet-reader, fleet-commander…) and enrolls it. */
+  enrollService(serviceId: string, role: string): Promise<EnrolledDevice>;
   /** Stops the fleet, runs `between` (say, CLI work on the stopped data directory), and starts it again on the same data and database. */
   restart(between?: () => Promise<void>): Promise<void>;
   close(): Promise<void>;
 }
 
 export async function startTestFleet(
-  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger; databaseUrl?: string } = {},
+  options: {
+    env?: Record<string, string>;
+    clock?: () => Date;
+    /** Time the test moves by hand: the fleet's clock and its deadline scheduler both run on it. */
+    time?: ManualTime;
+    log?: Logger;
+    databaseUrl?: string;
+  } = {},
 ): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
   const database = options.databaseUrl ? { url: options.databaseUrl, drop: async () => {} } : await testDatabase();
@@ -84,11 +94,15 @@ export async function startTestFleet(
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  let fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+  // A restart below keeps the same time, so deadlines and admission go on from where they were.
+  const clock = options.time?.clock ?? options.clock;
+  const scheduler = options.time?.scheduler;
+  let fleet = await startFleet(config, options.log ?? silentLogger(), clock, scheduler);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
   let apiUrl = `https://localhost:${fleet.api.port}`;
@@ -110,12 +124,17 @@ export async function startTestFleet(
     return res.json.enrollmentToken as string;
   };
 
-  const enroll = async (deviceId: string): Promise<EnrolledDevice> => {
-    const token = await register(deviceId);
+  const enrollWithToken = async (deviceId: string, token: string): Promise<EnrolledDevice> => {
     const identity = await createDeviceIdentity(deviceId);
     const res = await api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem } });
     if (res.status !== 201) throw new Error(`enrolling ${deviceId} failed: ${res.status} ${res.text}`);
     return { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial };
+  };
+  const enroll = async (deviceId: string) => enrollWithToken(deviceId, await register(deviceId));
+  const enrollService = async (serviceId: string, role: string) => {
+    const res = await api('POST', '/v1/services', { token: admin.token, json: { id: serviceId, role } });
+    if (res.status !== 201) throw new Error(`registering service ${serviceId} failed: ${res.status} ${res.text}`);
+    return enrollWithToken(serviceId, res.json.enrollmentToken);
   };
 
   let files = 0;
@@ -136,10 +155,11 @@ export async function startTestFleet(
     api,
     register,
     enroll,
+    enrollService,
     async restart(between) {
       await fleet.close();
       await between?.();
-      fleet = testFleet.fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+      fleet = testFleet.fleet = await startFleet(config, options.log ?? silentLogger(), clock, scheduler);
       testFleet.apiUrl = apiUrl = `https://localhost:${fleet.api.port}`;
     },
     async close() {
