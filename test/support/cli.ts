@@ -10,7 +10,7 @@ const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
  * `env` adds variables; an undefined value removes one (say, DATABASE_URL on the offline root's machine).
  */
 export function fleetCli(t: TestFleet, args: string[], env: Record<string, string | undefined> = {}): Promise<ProcessResult> {
-  const full: NodeJS.ProcessEnv = { ...process.env, FLEET_DATA_DIR: t.dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', LOG_LEVEL: 'warn' };
+  const full: NodeJS.ProcessEnv = { ...process.env, FLEET_DATA_DIR: t.dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'warn' };
   if (t.config.databaseUrl) full.DATABASE_URL = t.config.databaseUrl;
   else delete full.DATABASE_URL;
   for (const [name, value] of Object.entries(env)) {
