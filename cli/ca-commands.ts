@@ -63,7 +63,8 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
 
 async function requestWithCsr(file: string): Promise<void> {
   const config = loadConfig();
-  const request = await withCaKeys(config, cliLog(), (keyStore) => requestIssuingCa({ dataDir: config.dataDir, log: cliLog(), keyStore }));
+  const log = cliLog();
+  const request = await withCaKeys(config, log, (keyStore) => requestIssuingCa({ dataDir: config.dataDir, log, keyStore }));
   await writeFile(file, request.csrPem, { mode: 0o644 });
   const out = `issuing-${request.generation}.crt`;
   explain(`Issuing CA ${request.generation}'s key is in ${request.location}; its CSR is in ${file}.`);
