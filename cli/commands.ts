@@ -4,8 +4,9 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import { type Database, openDatabase } from '../core/db/database.js';
 import { FleetError } from '../core/errors.js';
-import { caKeyStore, startFleet, rootCertificatePath } from './start.js';
-import { retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
+import { startFleet, rootCertificatePath } from './start.js';
+import { registerRotationCommands } from './ca-commands.js';
+import { retireIssuingCa } from '../core/pki/authority.js';
 import { createLogger, stderrDestination } from '../core/log.js';
 import {
   announceCaChange,
@@ -201,18 +202,7 @@ export function registerCommands(program: Command): void {
     });
 
   const ca = program.command('ca').description('the private CA');
-  ca.command('rotate')
-    .description('add a new issuing CA, signed by the root; new certificates come from it, older ones stay trusted, and a running server switches over at once')
-    .action(async () => {
-      const issuer = await withRegistry(async (db, config) => {
-        const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
-        const made = await rotateIssuingCa({ dataDir: config.dataDir, log, keyStore: caKeyStore(config, log) });
-        await announceCaChange(db.pool);
-        return made;
-      });
-      explain(`Issuing CA ${issuer.generation} (${issuer.certificate.subject}, key id ${issuer.keyId}) now signs new certificates.`);
-      explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
-    });
+  registerRotationCommands(ca, withRegistry);
   ca.command('retire')
     .description('stop trusting an older issuing CA: the live sessions of its devices close and they are refused, at once')
     .argument('<generation>', 'the issuing CA number, as rotate printed it', (value) => Number.parseInt(value, 10))

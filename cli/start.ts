@@ -13,7 +13,9 @@ import { type Database, ensureDataDir, openDatabase } from '../core/db/database.
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
 import { createScheduler, type Scheduler } from '../core/scheduler.js';
-import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from '../core/pki/key-store.js';
+import { caKeyStore, warnAboutCaKeys } from './ca-keys.js';
+
+export { caKeyStore };
 
 export interface RunningFleet {
   db: Database;
@@ -40,8 +42,9 @@ export async function startFleet(
   };
   try {
     const keyStore = caKeyStore(config, log);
+    started.push(keyStore);
     const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock, keyStore });
-    warnIfKeysUnencrypted(keyStore, config, log);
+    warnAboutCaKeys(keyStore, config, log);
     const policy = policyFromConfig(config);
     const metrics = createBrokerMetrics();
     const metricsServer = await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort });
@@ -101,20 +104,6 @@ export async function startFleet(
     throw error;
   }
 }
-
-/** Said after the CA loaded, so a start that fails on encrypted keys does not also claim they are unencrypted. */
-function warnIfKeysUnencrypted(keyStore: KeyStore, config: FleetConfig, log: Logger): void {
-  if (keyStore.encrypted) return;
-  log.warn(
-    { dir: pkiDir(config) },
-    `the CA private keys are not encrypted at rest; set ${PASSPHRASE_VARIABLE} (12 characters or more) to encrypt them on the next start`,
-  );
-}
-
-/** The CA's keys, encrypted at rest when FLEET_CA_PASSPHRASE is set. */
-export const caKeyStore = (config: FleetConfig, log: Logger): KeyStore => fileKeyStore(pkiDir(config), { passphrase: config.caPassphrase, log });
-
-const pkiDir = (config: FleetConfig) => path.join(config.dataDir, 'pki');
 
 export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');
 

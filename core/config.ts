@@ -39,6 +39,8 @@ export interface FleetConfig {
   logLevel: string;
   /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
   caPassphrase: string | undefined;
+  /** A PKCS#11 token that keeps the issuing CA keys (FLEET_CA_PKCS11_*); unset keeps them in files. */
+  caPkcs11: { module: string; token: string; pin: string; keyLabel: string } | undefined;
   /** Where Prometheus scrapes the broker's metrics (plain HTTP, GET /metrics); loopback by default. */
   metricsHost: string;
   metricsPort: number;
@@ -148,6 +150,10 @@ const schema = z.object({
   FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
   // The length rule says nothing about the value, so the passphrase never appears in an error.
   FLEET_CA_PASSPHRASE: z.string().min(12, 'must be at least 12 characters').optional(),
+  FLEET_CA_PKCS11_MODULE: z.string().min(1).optional(),
+  FLEET_CA_PKCS11_TOKEN: z.string().min(1).optional(),
+  FLEET_CA_PKCS11_PIN: z.string().min(1).optional(),
+  FLEET_CA_PKCS11_KEY_LABEL: z.string().min(1).default('fleet-ca'),
   FLEET_BROKER_POLICY: z.string().min(1).optional(),
   FLEET_BROKER_CACHE_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
   FLEET_BROKER_STALE_GRACE: duration('5m'),
@@ -186,6 +192,17 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
+function pkcs11Of(e: z.infer<typeof schema>): FleetConfig['caPkcs11'] {
+  const { FLEET_CA_PKCS11_MODULE: module, FLEET_CA_PKCS11_TOKEN: token, FLEET_CA_PKCS11_PIN: pin } = e;
+  if (module === undefined) return undefined;
+  // Names, never values: the PIN must not reach an error message.
+  const missing = [token === undefined && 'FLEET_CA_PKCS11_TOKEN', pin === undefined && 'FLEET_CA_PKCS11_PIN'].filter(Boolean);
+  if (token === undefined || pin === undefined) {
+    throw new ConfigError(`Invalid configuration in the environment:\n  FLEET_CA_PKCS11_MODULE is set, so ${missing.join(' and ')} must be too`);
+  }
+  return { module, token, pin, keyLabel: e.FLEET_CA_PKCS11_KEY_LABEL };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
   const parsed = schema.safeParse(env);
   if (!parsed.success) {
@@ -221,6 +238,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerConnectTimeoutMs: e.FLEET_BROKER_CONNECT_TIMEOUT,
     logLevel: e.LOG_LEVEL,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
+    caPkcs11: pkcs11Of(e),
     metricsHost: e.FLEET_METRICS_HOST,
     metricsPort: e.FLEET_METRICS_PORT,
     brokerConnectRate: e.FLEET_BROKER_CONNECT_RATE,

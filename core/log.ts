@@ -11,12 +11,14 @@ const REDACT = [
   'key',
   'passphrase',
   'caPassphrase',
+  'pin',
   '*.token',
   '*.enrollmentToken',
   '*.password',
   '*.privateKey',
   '*.passphrase',
   '*.caPassphrase',
+  '*.pin',
   'req.headers.authorization',
 ];
 

@@ -5,25 +5,24 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { type AlgorithmIdentifier, CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
+import { ConfigError } from '../config.js';
 import { FleetError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { fileKeyStore, type KeyStore } from './key-store.js';
+import { type CaSigner, signerMatches, x509Signing } from './signer.js';
 import {
   type EcCurve,
   ecdsaSignatureToDer,
-  ecSigningAlgorithm,
   exportPrivateKeyPem,
   generateEcKeys,
-  importEcPrivateKeyPem,
   pemChain,
   randomSerial,
   signatureAlgorithmIdentifier,
-  subtle,
   x509,
 } from './x509.js';
 
-const ROOT_CURVE: EcCurve = 'P-384';
-const ISSUING_CURVE: EcCurve = 'P-256';
+export const ROOT_CURVE: EcCurve = 'P-384';
+export const ISSUING_CURVE: EcCurve = 'P-256';
 /** In `<dataDir>/pki`: the root and every trusted issuing CA, rewritten on each rotation and retirement. */
 export const TRUST_BUNDLE = 'trust.pem';
 const DAY = 86_400_000;
@@ -102,15 +101,27 @@ export interface AuthorityOptions {
   keyStore?: KeyStore;
 }
 
-interface KeyedCertificate {
+/** A CA certificate and what signs with its key. */
+interface CaKeyed {
   certificate: x509.X509Certificate;
-  key: CryptoKey;
+  signer: CaSigner;
+}
+
+/** The root: its key is undefined where the root is kept offline (only root.crt in the data directory). */
+interface Root {
+  certificate: x509.X509Certificate;
+  signer: CaSigner | undefined;
+}
+
+/** The TLS server's certificate and key, which Node's TLS takes as PEM. */
+interface ServerKeyed {
+  certificate: x509.X509Certificate;
   keyPem: string;
 }
 
 const pkiDirOf = (dataDir: string) => path.join(dataDir, 'pki');
 
-async function openPkiDir(options: AuthorityOptions) {
+export async function openPkiDir(options: Omit<AuthorityOptions, 'hostnames'>) {
   const dir = pkiDirOf(options.dataDir);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
@@ -118,22 +129,40 @@ async function openPkiDir(options: AuthorityOptions) {
   return { dir, keys, now: options.now ?? (() => new Date()) };
 }
 
-async function loadOrCreateRoot(dir: string, keys: KeyStore, log: Logger, now: () => Date): Promise<KeyedCertificate> {
-  const files = pairOf(dir, 'root', keys);
-  return (await readKeyed(files, ROOT_CURVE)) ?? (await createAndStore(files, log, 'root CA', () => createRoot(now())));
+export const rootCertFile = (dir: string) => path.join(dir, 'root.crt');
+
+/** The root from root.crt, with its key when the key is here; a new root when there is no root.crt. */
+async function loadOrCreateRoot(dir: string, keys: KeyStore, log: Logger, now: () => Date): Promise<Root> {
+  const file = rootCertFile(dir);
+  if (existsSync(file)) return { certificate: await readCertificate(file), signer: await keys.signer('root', ROOT_CURVE) };
+  // Key first, so a crash never leaves a certificate without its key.
+  const signer = await keys.generate('root', ROOT_CURVE);
+  const certificate = await createRoot(signer, now());
+  await writeFileAtomically(file, certificate.toString('pem') + '\n');
+  log.info({ subject: certificate.subject, notAfter: certificate.notAfter, file }, 'created root CA');
+  return { certificate, signer };
+}
+
+/** The root's signer, or a refusal that says how to sign without it. */
+function onlineRoot(root: Root, dir: string): CaSigner {
+  if (root.signer) return root.signer;
+  throw new FleetError(
+    'root_offline',
+    409,
+    `the root CA key is not in ${dir} (kept offline); make the next issuing CA with fleet ca rotate --csr <file>, ` +
+      'sign it where the root key is (fleet ca sign-issuing), then install it here (fleet ca import)',
+  );
 }
 
 /** Loads the CA from `<dataDir>/pki`, creating the root, first issuing CA and server certificate on first start. */
 export async function loadAuthority(options: AuthorityOptions): Promise<CertificateAuthority> {
   const { dir, keys, now } = await openPkiDir(options);
   const root = await loadOrCreateRoot(dir, keys, options.log, now);
-  if ((await issuerGenerations(dir)).length === 0) {
-    await createAndStore(pairOf(dir, issuerFileName(1), keys), options.log, 'issuing CA', () => createIssuing(root, 1, now()));
-  }
+  if ((await issuerGenerations(dir)).length === 0) await createIssuingCa(dir, keys, root, 1, now(), options.log);
   const authority = { root: root.certificate, rootPem: pemChain(root.certificate) } as CertificateAuthority;
   const sanNames = serverNames(options.hostnames);
-  const serverFiles = pairOf(dir, 'server', keys);
-  let server: KeyedCertificate | undefined;
+  const serverFiles = { cert: path.join(dir, 'server.crt'), key: 'server', keys };
+  let server: ServerKeyed | undefined;
   const refresh = async () => {
     const issuers = await loadIssuers(dir, keys);
     const current = issuers[0]!;
@@ -166,14 +195,38 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
  * announceCaChange); until then they keep signing with the one before, which stays trusted.
  */
 export async function rotateIssuingCa(options: Omit<AuthorityOptions, 'hostnames'>): Promise<IssuingCa> {
-  const { dir, keys, now } = await openPkiDir({ ...options, hostnames: [] });
+  const { dir, keys, now } = await openPkiDir(options);
   const root = await loadOrCreateRoot(dir, keys, options.log, now);
-  const generation = Math.max(0, ...(await issuerGenerations(dir))) + 1;
-  const made = await createAndStore(pairOf(dir, issuerFileName(generation), keys), options.log, 'issuing CA', () =>
-    createIssuing(root, generation, now()),
-  );
+  return createIssuingCa(dir, keys, root, await nextGeneration(dir), now(), options.log);
+}
+
+/** The next issuing CA's number: one past every issuing CA, retired ones included. */
+export const nextGeneration = async (dir: string) => Math.max(0, ...(await issuerGenerations(dir)), ...(await retiredGenerations(dir))) + 1;
+
+/**
+ * The key for an issuing CA not yet certified: the one a rotation began (rotate --csr) and did not
+ * finish, else a new one where the key store keeps issuing keys (a PKCS#11 token, or a file).
+ */
+export async function issuingKey(keys: KeyStore, generation: number): Promise<CaSigner> {
+  const name = issuerFileName(generation);
+  return (await keys.signer(name, ISSUING_CURVE)) ?? (await keys.generate(name, ISSUING_CURVE));
+}
+
+async function createIssuingCa(dir: string, keys: KeyStore, root: Root, generation: number, now: Date, log: Logger): Promise<IssuingCa> {
+  const rootSigner = onlineRoot(root, dir);
+  const signer = await issuingKey(keys, generation);
+  const certificate = await certifyIssuing(root.certificate, rootSigner, { subject: issuingSubject(generation), publicKey: signer.publicKey }, now);
+  const file = await installIssuingCertificate(dir, generation, certificate);
+  log.info({ subject: certificate.subject, notAfter: certificate.notAfter, file, keyLocation: signer.location }, 'created issuing CA');
+  return issuingCa(generation, { certificate, signer });
+}
+
+/** Puts an issuing CA's certificate beside its key and into the trust bundle: from now on it signs. */
+export async function installIssuingCertificate(dir: string, generation: number, certificate: x509.X509Certificate): Promise<string> {
+  const file = issuingCertFile(dir, generation);
+  await writeFileAtomically(file, certificate.toString('pem') + '\n');
   await writeTrustBundle(dir);
-  return issuingCa(generation, made);
+  return file;
 }
 
 /**
@@ -194,9 +247,15 @@ export async function retireIssuingCa(options: { dataDir: string }, generation: 
   await writeTrustBundle(dir);
 }
 
-const issuerFileName = (generation: number) => (generation === 1 ? 'issuing' : `issuing-${generation}`);
+export const issuerFileName = (generation: number) => (generation === 1 ? 'issuing' : `issuing-${generation}`);
+const issuingCertFile = (dir: string, generation: number) => path.join(dir, `${issuerFileName(generation)}.crt`);
+export const issuingSubject = (generation: number) => `CN=fleet-auth Issuing CA ${generation}, O=fleet-auth`;
 
-async function issuerGenerations(dir: string): Promise<number[]> {
+const issuerGenerations = (dir: string) => generationsIn(dir);
+const retiredGenerations = (dir: string) => generationsIn(path.join(dir, 'retired'));
+
+async function generationsIn(dir: string): Promise<number[]> {
+  if (!existsSync(dir)) return [];
   const names = await readdir(dir);
   return names.flatMap((name) => {
     const match = /^issuing(?:-(\d+))?\.crt$/.exec(name);
@@ -208,21 +267,32 @@ async function loadIssuers(dir: string, keys: KeyStore): Promise<IssuingCa[]> {
   const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
   const issuers: IssuingCa[] = [];
   for (const generation of generations) {
-    const keyed = await readKeyed(pairOf(dir, issuerFileName(generation), keys), ISSUING_CURVE);
-    if (keyed) issuers.push(issuingCa(generation, keyed));
+    const signer = await keys.signer(issuerFileName(generation), ISSUING_CURVE);
+    // Trusted but unable to sign would strand its devices' CRL and OCSP: say so rather than skip it.
+    if (!signer) {
+      throw new ConfigError(
+        `issuing CA ${generation} (${issuingCertFile(dir, generation)}) has no private key here: it is neither a file in ${dir} ` +
+          'nor in a configured PKCS#11 token; run with the key store it was made with (FLEET_CA_PKCS11_* for a token)',
+      );
+    }
+    const certificate = await readCertificate(issuingCertFile(dir, generation));
+    if (!signerMatches(signer, certificate)) {
+      throw new ConfigError(`the key of issuing CA ${generation} (${signer.location}) is not the key its certificate ${issuingCertFile(dir, generation)} names`);
+    }
+    issuers.push(issuingCa(generation, { certificate, signer }));
   }
-  if (issuers.length === 0) throw new Error(`no issuing CA with its key in ${dir}`);
+  if (issuers.length === 0) throw new Error(`no issuing CA in ${dir}`);
   return issuers;
 }
 
-const keyIdOf = (certificate: x509.X509Certificate): string =>
+export const keyIdOf = (certificate: x509.X509Certificate): string =>
   certificate.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId.toLowerCase() ?? '';
 
 export const authorityKeyIdOf = (certificate: x509.X509Certificate): string =>
   certificate.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId?.toLowerCase() ?? '';
 
-function issuingCa(generation: number, issuing: KeyedCertificate): IssuingCa {
-  const signingAlgorithm = ecSigningAlgorithm(ISSUING_CURVE);
+function issuingCa(generation: number, issuing: CaKeyed): IssuingCa {
+  const { crypto, signingKey, signingAlgorithm } = x509Signing(issuing.signer);
   return {
     generation,
     certificate: issuing.certificate,
@@ -235,110 +305,105 @@ function issuingCa(generation: number, issuing: KeyedCertificate): IssuingCa {
         notBefore: request.notBefore,
         notAfter: request.notAfter,
         publicKey: request.publicKey,
-        signingKey: issuing.key,
+        signingKey,
         signingAlgorithm,
         extensions: request.extensions,
-      }),
+      }, crypto),
     signCrl: async (entries, crlNumber, thisUpdate, nextUpdate) =>
       x509.X509CrlGenerator.create({
         issuer: issuing.certificate.subject,
         thisUpdate,
         nextUpdate,
         signingAlgorithm,
-        signingKey: issuing.key,
+        signingKey,
         extensions: [
           await x509.AuthorityKeyIdentifierExtension.create(issuing.certificate.publicKey),
           new x509.Extension(id_ce_cRLNumber, false, AsnConvert.serialize(new CRLNumber(crlNumber))),
         ],
         entries: entries.map((e) => ({ serialNumber: e.serial, revocationDate: e.revokedAt, reason: e.reason })),
-      }),
+      }, crypto),
     signData: async (data) => ({
       algorithm: signatureAlgorithmIdentifier(signingAlgorithm),
-      signature: ecdsaSignatureToDer(ISSUING_CURVE, await subtle.sign(signingAlgorithm, issuing.key, data)),
+      signature: ecdsaSignatureToDer(ISSUING_CURVE, await issuing.signer.sign(data)),
     }),
   };
-}
-
-function pairOf(dir: string, name: string, keys: KeyStore): FilePair {
-  return { cert: path.join(dir, `${name}.crt`), key: name, keys };
 }
 
 /** A certificate file and the name its private key has in the key store. */
 type FilePair = { cert: string; key: string; keys: KeyStore };
 
-async function readKeyed(files: FilePair, curve: EcCurve): Promise<KeyedCertificate | undefined> {
+export const readCertificate = async (file: string) => new x509.X509Certificate(await readFile(file, 'utf8'));
+
+async function readServer(files: FilePair): Promise<ServerKeyed | undefined> {
   if (!existsSync(files.cert)) return undefined;
-  const keyPem = await files.keys.read(files.key);
+  const keyPem = await files.keys.readPem(files.key);
   if (keyPem === undefined) return undefined;
-  return {
-    certificate: new x509.X509Certificate(await readFile(files.cert, 'utf8')),
-    key: await importEcPrivateKeyPem(keyPem, curve),
-    keyPem,
-  };
+  return { certificate: await readCertificate(files.cert), keyPem };
 }
 
-async function createAndStore(
-  files: FilePair,
-  log: Logger,
-  what: string,
-  create: () => Promise<KeyedCertificate>,
-): Promise<KeyedCertificate> {
-  const made = await create();
-  await store(files, made);
-  log.info({ subject: made.certificate.subject, notAfter: made.certificate.notAfter, file: files.cert }, `created ${what}`);
-  return made;
-}
-
-async function store(files: FilePair, made: KeyedCertificate): Promise<void> {
+async function storeServer(files: FilePair, made: ServerKeyed): Promise<void> {
   // Key first, so a crash never leaves a certificate without its key.
-  await files.keys.write(files.key, made.keyPem);
+  await files.keys.writePem(files.key, made.keyPem);
   await writeFileAtomically(files.cert, made.certificate.toString('pem') + '\n');
 }
 
-async function keyed(certificate: x509.X509Certificate, keys: CryptoKeyPair): Promise<KeyedCertificate> {
-  return { certificate, key: keys.privateKey, keyPem: await exportPrivateKeyPem(keys.privateKey) };
+async function createRoot(signer: CaSigner, now: Date): Promise<x509.X509Certificate> {
+  const name = 'CN=fleet-auth Root CA, O=fleet-auth';
+  const { crypto, signingKey, signingAlgorithm } = x509Signing(signer);
+  return x509.X509CertificateGenerator.create(
+    {
+      serialNumber: randomSerial(),
+      subject: name,
+      issuer: name,
+      notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
+      notAfter: new Date(now.getTime() + 20 * 365 * DAY),
+      publicKey: signer.publicKey,
+      signingKey,
+      signingAlgorithm,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, 1, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+        await x509.SubjectKeyIdentifierExtension.create(signer.publicKey),
+      ],
+    },
+    crypto,
+  );
 }
 
-async function createRoot(now: Date): Promise<KeyedCertificate> {
-  const keys = await generateEcKeys(ROOT_CURVE);
-  const certificate = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: randomSerial(),
-    name: 'CN=fleet-auth Root CA, O=fleet-auth',
-    notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
-    notAfter: new Date(now.getTime() + 20 * 365 * DAY),
-    keys,
-    signingAlgorithm: ecSigningAlgorithm(ROOT_CURVE),
-    extensions: [
-      new x509.BasicConstraintsExtension(true, 1, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    ],
-  });
-  return keyed(certificate, keys);
-}
-
-async function createIssuing(root: KeyedCertificate, generation: number, now: Date): Promise<KeyedCertificate> {
-  const keys = await generateEcKeys(ISSUING_CURVE);
-  const certificate = await x509.X509CertificateGenerator.create({
-    serialNumber: randomSerial(),
-    subject: `CN=fleet-auth Issuing CA ${generation}, O=fleet-auth`,
-    issuer: root.certificate.subject,
-    notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
-    notAfter: new Date(now.getTime() + 10 * 365 * DAY),
-    publicKey: keys.publicKey,
-    signingKey: root.key,
-    signingAlgorithm: ecSigningAlgorithm(ROOT_CURVE),
-    extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
-      new x509.KeyUsagesExtension(
-        x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
-        true,
-      ),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-      await x509.AuthorityKeyIdentifierExtension.create(root.certificate.publicKey),
-    ],
-  });
-  return keyed(certificate, keys);
+/**
+ * An issuing CA certificate from the root: what the CA decides (constraints, usages, lifetime) is
+ * set here and nothing else is taken from the request, so a CSR names only its subject and key.
+ */
+export async function certifyIssuing(
+  root: x509.X509Certificate,
+  rootSigner: CaSigner,
+  request: { subject: string; publicKey: x509.PublicKey },
+  now: Date,
+): Promise<x509.X509Certificate> {
+  const { crypto, signingKey, signingAlgorithm } = x509Signing(rootSigner);
+  const notAfter = Math.min(now.getTime() + 10 * 365 * DAY, root.notAfter.getTime());
+  return x509.X509CertificateGenerator.create(
+    {
+      serialNumber: randomSerial(),
+      subject: request.subject,
+      issuer: root.subject,
+      notBefore: new Date(now.getTime() - CLOCK_SKEW_MS),
+      notAfter: new Date(notAfter),
+      publicKey: request.publicKey,
+      signingKey,
+      signingAlgorithm,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, 0, true),
+        new x509.KeyUsagesExtension(
+          x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
+          true,
+        ),
+        await x509.SubjectKeyIdentifierExtension.create(request.publicKey),
+        await x509.AuthorityKeyIdentifierExtension.create(root.publicKey),
+      ],
+    },
+    crypto,
+  );
 }
 
 function serverNames(hostnames: string[]): string[] {
@@ -351,7 +416,7 @@ function namesIn(certificate: x509.X509Certificate): string[] {
 }
 
 /** Why a server certificate must be replaced, or undefined when it may be presented as it is. */
-function serverCertificateFault(server: KeyedCertificate, signer: IssuingCa, names: string[], now: Date): string | undefined {
+function serverCertificateFault(server: ServerKeyed, signer: IssuingCa, names: string[], now: Date): string | undefined {
   // Only the newest issuing CA: an older one may be retired next, and clients would stop verifying us.
   if (authorityKeyIdOf(server.certificate) !== signer.keyId) return 'not issued by the current issuing CA';
   if (server.certificate.notAfter.getTime() - now.getTime() < SERVER_RENEW_BEFORE) return 'near its expiry';
@@ -360,7 +425,7 @@ function serverCertificateFault(server: KeyedCertificate, signer: IssuingCa, nam
   return undefined;
 }
 
-const publicKeyMatches = (pair: KeyedCertificate): boolean =>
+const publicKeyMatches = (pair: ServerKeyed): boolean =>
   createPublicKey(pair.keyPem).export({ type: 'spki', format: 'der' }).equals(Buffer.from(pair.certificate.publicKey.rawData));
 
 /**
@@ -371,19 +436,19 @@ const publicKeyMatches = (pair: KeyedCertificate): boolean =>
  */
 async function serverCertificate(
   files: FilePair,
-  inUse: KeyedCertificate | undefined,
+  inUse: ServerKeyed | undefined,
   signer: IssuingCa,
   names: string[],
   now: Date,
   log: Logger,
-): Promise<KeyedCertificate> {
+): Promise<ServerKeyed> {
   if (inUse && !serverCertificateFault(inUse, signer, names, now)) return inUse;
-  const stored = await readKeyed(files, ISSUING_CURVE).catch(() => undefined);
+  const stored = await readServer(files).catch(() => undefined);
   const fault = stored ? serverCertificateFault(stored, signer, names, now) : 'missing';
   if (stored && !fault) return stored;
   log.info({ file: files.cert, reason: fault, signer: signer.certificate.subject }, 'issuing a new server certificate');
   const made = await createServer(signer, names, now);
-  await store(files, made).catch((error) =>
+  await storeServer(files, made).catch((error) =>
     log.warn({ err: error, file: files.cert }, 'could not save the new server certificate; the next start issues another'),
   );
   return made;
@@ -404,7 +469,7 @@ async function writeFileAtomically(file: string, contents: string): Promise<void
   await rename(aside, file);
 }
 
-async function createServer(issuing: IssuingCa, names: string[], now: Date): Promise<KeyedCertificate> {
+async function createServer(issuing: IssuingCa, names: string[], now: Date): Promise<ServerKeyed> {
   const keys = await generateEcKeys(ISSUING_CURVE);
   const certificate = await issuing.sign({
     subject: 'CN=fleet-auth server, O=fleet-auth',
@@ -422,5 +487,5 @@ async function createServer(issuing: IssuingCa, names: string[], now: Date): Pro
       await x509.AuthorityKeyIdentifierExtension.create(issuing.certificate.publicKey),
     ],
   });
-  return keyed(certificate, keys);
+  return { certificate, keyPem: await exportPrivateKeyPem(keys.privateKey) };
 }

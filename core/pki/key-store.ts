@@ -4,20 +4,32 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError } from '../config.js';
 import type { Logger } from '../log.js';
+import { type CaSigner, pemSigner } from './signer.js';
+import { type EcCurve, exportPrivateKeyPem, generateEcKeys } from './x509.js';
 
 /**
- * Where the CA's private keys live. The CA asks for keys by name ('root', 'issuing', 'server') and
- * always sees unencrypted PKCS#8 PEM in memory; how they are kept at rest is the store's business,
- * so a KMS- or HSM-backed store can replace the file store without touching the CA.
+ * Where the CA's private keys live. The CA asks for keys by name: 'root', 'issuing' and 'issuing-<n>'
+ * (the issuing CAs), and 'server' (the TLS key). CA keys come back as signers, so a store may keep
+ * them where they are never bytes in this process (a PKCS#11 token); the TLS key comes back as PEM,
+ * because Node's TLS takes it so.
  */
 export interface KeyStore {
+  /** The named CA key as a signer, or undefined when the store has none. */
+  signer(name: string, curve: EcCurve): Promise<CaSigner | undefined>;
+  /** Makes a new CA key under the name, where this store keeps such keys, and returns its signer. */
+  generate(name: string, curve: EcCurve): Promise<CaSigner>;
   /** The named key as unencrypted PKCS#8 PEM, or undefined when there is none yet. */
-  read(name: string): Promise<string | undefined>;
+  readPem(name: string): Promise<string | undefined>;
   /** Stores the named key, given as unencrypted PKCS#8 PEM, replacing any earlier one. */
-  write(name: string, pem: string): Promise<void>;
-  /** Whether keys are encrypted at rest; when false the operator is told at start. */
+  writePem(name: string, pem: string): Promise<void>;
+  /** Whether key files are encrypted at rest; when false the operator is told at start. */
   readonly encrypted: boolean;
+  /** Lets go of what the store holds open (a token session). */
+  close(): Promise<void>;
 }
+
+/** The names of issuing CA keys: what a PKCS#11 store keeps in its token. */
+export const isIssuingKeyName = (name: string): boolean => /^issuing(-\d+)?$/.test(name);
 
 export const PASSPHRASE_VARIABLE = 'FLEET_CA_PASSPHRASE';
 
@@ -43,20 +55,32 @@ export function fileKeyStore(dir: string, options: { passphrase?: string; log: L
     await rename(`${file}.tmp`, file);
   };
 
+  const readPem = async (name: string) => {
+    const file = fileOf(name);
+    if (!existsSync(file)) return undefined;
+    const contents = await readFile(file, 'utf8');
+    if (pemLabel(contents) === ENCRYPTED_LABEL) return decrypt(file, contents, passphrase);
+    if (passphrase === undefined) return contents;
+    const pem = plainPkcs8(parsePlain(file, contents));
+    await store(file, pem);
+    log.info({ file }, `encrypted the CA key at rest with ${PASSPHRASE_VARIABLE}`);
+    return pem;
+  };
+
   return {
     encrypted: passphrase !== undefined,
-    async read(name) {
-      const file = fileOf(name);
-      if (!existsSync(file)) return undefined;
-      const contents = await readFile(file, 'utf8');
-      if (pemLabel(contents) === ENCRYPTED_LABEL) return decrypt(file, contents, passphrase);
-      if (passphrase === undefined) return contents;
-      const pem = plainPkcs8(parsePlain(file, contents));
-      await store(file, pem);
-      log.info({ file }, `encrypted the CA key at rest with ${PASSPHRASE_VARIABLE}`);
-      return pem;
+    readPem,
+    writePem: (name, pem) => store(fileOf(name), pem),
+    async signer(name, curve) {
+      const pem = await readPem(name);
+      return pem === undefined ? undefined : pemSigner(pem, curve, fileOf(name));
     },
-    write: (name, pem) => store(fileOf(name), pem),
+    async generate(name, curve) {
+      const pem = await exportPrivateKeyPem((await generateEcKeys(curve)).privateKey);
+      await store(fileOf(name), pem);
+      return pemSigner(pem, curve, fileOf(name));
+    },
+    close: async () => {},
   };
 }
 
