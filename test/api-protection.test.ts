@@ -149,8 +149,8 @@ describe('slow clients are dropped', () => {
     const text = await raw.until(/\r\n\r\n\{.*\}$/s);
     assert.match(text, /^HTTP\/1\.1 201/);
     assert.doesNotMatch(text, /connection: close/i, 'a request read to its end keeps its connection');
-    raw.socket.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n');
-    assert.match(await raw.until(/HTTP\/1\.1 200[^]*\{"status":"ok"\}$/), /keep-alive/i);
+    raw.socket.write('GET /healthz/live HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    assert.match(await raw.until(/HTTP\/1\.1 200[^]*\{"status":"live"\}$/), /keep-alive/i);
     raw.socket.destroy();
   });
 });
