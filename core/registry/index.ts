@@ -6,6 +6,7 @@ export * from './changes.js';
 export * from './change-feed.js';
 export * from './devices.js';
 export * from './enrollment.js';
+export * from './issuance.js';
 export * from './operators.js';
 export * from './presence.js';
 export * from './renewal.js';
