@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import { Aedes, type Client } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
+import { logServerErrors } from '../core/server-errors.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
@@ -104,6 +105,8 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     }
   });
 
+  changes.onGap(() => cache.clear());
+
   const stale = await forgetConnections(deps.pool);
   if (stale > 0) log.info({ devices: stale }, 'cleared presence left over from an earlier run');
 
@@ -142,7 +145,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
         },
         (error) => {
           if (!(error instanceof RegistryUnavailable)) log.error({ err: error }, 'registry lookup failed');
-          callback(refuse('registry_unavailable', peer, { fingerprint }), false);
+          callback(refuse('registry_unavailable', peer, { fingerprint, lookup: error instanceof RegistryUnavailable ? error.why : 'failed' }), false);
         },
       );
     },
@@ -210,6 +213,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw error;
   }
+  logServerErrors(front, log, 'MQTT broker');
   const port = (front.address() as { port: number }).port;
   log.info({ port }, 'MQTT broker listening (mTLS)');
 
