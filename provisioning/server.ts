@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { secureContextOptions } from '../core/pki/tls.js';
+import { logServerErrors } from '../core/server-errors.js';
 import { createProvisioningApp } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
 
@@ -30,6 +31,7 @@ export async function startProvisioningApi(
     serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false },
   }) as https.Server;
   if (!server.listening) await once(server, 'listening');
+  logServerErrors(server, deps.log, 'provisioning API');
   const port = (server.address() as AddressInfo).port;
   deps.log.info({ port }, 'provisioning API listening (HTTPS)');
   return {
