@@ -7,7 +7,7 @@ import { createDeviceIdentity, type DeviceIdentity } from '../../device-sim/iden
 import { loadConfig, type FleetConfig } from '../../core/config.js';
 import { ensureDataDir } from '../../core/db/database.js';
 import { openEmbeddedDatabase } from '../../core/db/embedded.js';
-import { type RunningFleet, startFleet } from '../../cli/start.js';
+import { type FleetHooks, type RunningFleet, startFleet } from '../../cli/start.js';
 import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';
@@ -73,7 +73,7 @@ export interface TestFleet {
 }
 
 export async function startTestFleet(
-  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger; databaseUrl?: string } = {},
+  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger; databaseUrl?: string; hooks?: FleetHooks } = {},
 ): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
   const database = options.databaseUrl ? { url: options.databaseUrl, drop: async () => {} } : await testDatabase();
@@ -86,7 +86,7 @@ export async function startTestFleet(
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock);
+  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock, options.hooks);
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
   const apiUrl = `https://localhost:${fleet.api.port}`;
