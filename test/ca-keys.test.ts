@@ -15,7 +15,7 @@ import { openssl, run } from './support/openssl.js';
 const PASSPHRASE = 'correct horse battery staple';
 const KEYS = ['root', 'issuing', 'server'] as const;
 const ENCRYPTED = '-----BEGIN ENCRYPTED PRIVATE KEY-----';
-const FLEET = path.join(projectRoot, 'dist', 'core', 'cli', 'fleet.js');
+const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 
 const scratch: string[] = [];
 after(async () => {
