@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -244,6 +245,23 @@ test('a lookup stuck behind a lock is refused within the lock timeout, not left 
   const later = await connectDevice(port(), 'stuck-1', tlsOf(device));
   assert.equal(later.outcome, 'connected');
   await later.client.endAsync();
+});
+
+test('an error event on a listening server (EMFILE on accept) is logged, and everything keeps serving', async () => {
+  // What libuv reports when accept() fails: an 'error' event on the listening server. Every server
+  // this process listens on gets one: the broker, the API and the metrics endpoint.
+  const servers = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().filter(
+    (handle): handle is net.Server => handle instanceof net.Server && handle.listening,
+  );
+  assert.ok(servers.length >= 3, `found ${servers.length} listening servers`);
+  for (const server of servers) {
+    server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE', errno: -24, syscall: 'accept' }));
+  }
+  assert.equal(fleetLog.lines().filter((line) => line.code === 'EMFILE').length, servers.length, 'each one logged');
+  const device = await t.enroll('after-emfile-1');
+  const session = await connectDevice(port(), 'after-emfile-1', tlsOf(device));
+  assert.equal(session.outcome, 'connected');
+  await session.client.endAsync();
 });
 
 test('PostgreSQL restarted under connected devices: sessions stay, cached devices reconnect, unknown ones are refused, no revocation is missed', async () => {

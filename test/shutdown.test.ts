@@ -166,3 +166,4 @@ describe('shutdown records presence and leaves nothing running', () => {
   test('SIGTERM to npm start', () => stopsCleanly('npm', (child) => child.kill('SIGTERM')));
   test('Ctrl-C on npm start (SIGINT to its whole process group)', () => stopsCleanly('npm', (child) => process.kill(-child.pid!, 'SIGINT')));
 });
+
