@@ -18,7 +18,15 @@ export type Refusal =
   | 'too_many_connections'
   | 'packet_too_large'
   | 'malformed_packet'
-  | 'keepalive_too_long';
+  | 'keepalive_too_long'
+  /** Bytes that are not MQTT, or packets out of order: before CONNECT, a second CONNECT, a bad CONNECT. */
+  | 'protocol_error'
+  /** A CONNECT of a protocol level the broker does not speak (MQTT 5 included): answered CONNACK 0x01. */
+  | 'unsupported_protocol_version'
+  /** No CONNECT within the connect timeout after the handshake. */
+  | 'connect_timeout'
+  /** Something failed inside the broker while deciding; logged, and the device is told to retry. */
+  | 'internal_error';
 
 export type Admission = { admitted: true } | { admitted: false; reason: Refusal };
 

@@ -22,6 +22,8 @@ export interface BrokerMetrics {
   observeConnect(seconds: number): void;
   /** Sessions closed because a registry change (revocation, suspension) took their identity away. */
   revocationClosed(sessions: number): void;
+  /** Sessions closed because the issuing CA of their certificate was retired. */
+  retirementClosed(sessions: number): void;
 }
 
 /**
@@ -68,6 +70,11 @@ export function createBrokerMetrics(): BrokerMetrics {
     help: 'Live sessions closed because their device or certificate was revoked or suspended.',
     registers: [registry],
   });
+  const retirementClosed = new Counter({
+    name: 'fleet_broker_retirement_closed_sessions_total',
+    help: 'Live sessions closed because the issuing CA of their certificate was retired (fleet ca retire).',
+    registers: [registry],
+  });
   // Both series exist from the start, so a rate() over them is 0 rather than absent.
   denials.inc({ action: 'publish' }, 0);
   denials.inc({ action: 'subscribe' }, 0);
@@ -84,6 +91,9 @@ export function createBrokerMetrics(): BrokerMetrics {
     observeConnect: (seconds) => connectSeconds.observe(seconds),
     revocationClosed: (count) => {
       if (count > 0) revocationClosed.inc(count);
+    },
+    retirementClosed: (count) => {
+      if (count > 0) retirementClosed.inc(count);
     },
   };
 }

@@ -77,10 +77,9 @@ function expand(template: string, identity: CertificateIdentity): string | undef
 
 /** The rules that apply to an identity, templates expanded. */
 export function rulesFor(policy: TopicPolicy, identity: CertificateIdentity): TopicRules {
-  const sets =
-    identity.kind === 'service'
-      ? [policy.services[identity.role ?? ''] ?? { publish: [], subscribe: [] }]
-      : [policy.devices, ...(identity.profile && policy.profiles[identity.profile] ? [policy.profiles[identity.profile]!] : [])];
+  // Own keys only: a role or profile named `constructor` must find nothing, not Object's prototype.
+  const named = (rules: Record<string, TopicRules>, name: string | null) => (name !== null && Object.hasOwn(rules, name) ? [rules[name]!] : []);
+  const sets = identity.kind === 'service' ? named(policy.services, identity.role) : [policy.devices, ...named(policy.profiles, identity.profile)];
   const expandAll = (templates: string[]) => templates.flatMap((t) => expand(t, identity) ?? []);
   return { publish: sets.flatMap((s) => expandAll(s.publish)), subscribe: sets.flatMap((s) => expandAll(s.subscribe)) };
 }

@@ -1,24 +1,31 @@
 import { once } from 'node:events';
 import tls from 'node:tls';
-import { Aedes, type Client } from 'aedes';
+import { Aedes } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import { logServerErrors } from '../core/server-errors.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import { secureContextOptions } from '../core/pki/tls.js';
-import { normalizeFingerprint } from '../core/pki/x509.js';
-import { findIdentityByFingerprint, forgetConnections, type RegistryChange } from '../core/registry/index.js';
-import { decideAdmission, type Refusal } from './admission.js';
-import type { ChangeFollower } from '../core/registry/index.js';
+import { type ChangeFollower, forgetConnections } from '../core/registry/index.js';
+import type { Refusal } from './admission.js';
+import { closeHandlers } from './handlers/close.js';
+import { answerUnknownProtocolLevels, connectHandlers } from './handlers/connect.js';
+import { authorizePublishHook } from './handlers/publish.js';
+import { authorizeSubscribeHook } from './handlers/subscribe.js';
 import { IdentityCache } from './identity-cache.js';
-import { identityResolver, RegistryUnavailable } from './identity.js';
-import { mayPublish, maySubscribe, rulesFor, type TopicPolicy, type TopicRules } from './policy.js';
+import { identityResolver } from './identity.js';
 import type { BrokerMetrics } from './metrics.js';
+import type { TopicPolicy } from './policy.js';
 import { presenceTracker } from './presence.js';
-import { checkKeepalive, connectionGate, gatedServer, guardPacketSize } from './protection.js';
-import { DeviceSessions, type Session } from './sessions.js';
+import { connectionGate, gatedServer, guardPacketSize } from './protection.js';
+import { refusalCounter } from './refusals.js';
+import { followRegistryChanges } from './registry-changes.js';
+import { AdmittedSessions } from './session.js';
+import { DeviceSessions } from './sessions.js';
+import type { Scheduler } from '../core/scheduler.js';
 
 export interface BrokerDeps {
+  /** The broker's own connections (identity lookups, presence), apart from the API's. */
   pool: pg.Pool;
   metrics: BrokerMetrics;
   /** Registry changes (revocations) as they commit. */
@@ -26,6 +33,8 @@ export interface BrokerDeps {
   ca: CertificateAuthority;
   policy: TopicPolicy;
   clock: () => Date;
+  /** Ends sessions at their certificate's expiry or overlap end; runs on the same time as `clock`. */
+  scheduler: Scheduler;
   log: Logger;
 }
 
@@ -56,118 +65,46 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
-/** What the session is allowed, decided once at CONNECT from the policy. */
-interface Admitted {
-  session: Session;
-  rules: TopicRules;
-}
-
 export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Promise<RunningBroker> {
-  const { log, clock, changes } = deps;
+  const { log, clock, changes, metrics } = deps;
   const now = () => clock().getTime();
-  const admitted = new WeakMap<Client, Admitted>();
-  const refusals = new Map<Refusal, number>();
+  const refusals = refusalCounter(metrics, log);
+  const { refuse } = refusals;
   const cache = new IdentityCache(options.cacheSize ?? 100_000);
   const resolve = identityResolver({ pool: deps.pool, changes, cache, staleGraceMs: options.staleGraceMs ?? 5 * 60_000, now });
-
-  const { metrics } = deps;
-  const refuse = (reason: Refusal, peer: string | undefined, details: Record<string, unknown> = {}) => {
-    refusals.set(reason, (refusals.get(reason) ?? 0) + 1);
-    metrics.refused(reason);
-    log.warn({ reason, peer, ...details }, 'connection refused');
-    return new Error(`connection refused: ${reason}`);
-  };
-
-  const sessions = new DeviceSessions(now, (session, reason) =>
-    log.info({ deviceId: session.identity.deviceId, serial: session.identity.serial, reason }, 'session closed by the broker'),
-  );
-
-  /** A superseded certificate keeps its session until the overlap ends: read the new deadline. */
-  const refreshSessions = async (deviceId: string, serial: string | null) => {
-    for (const session of sessions.of(deviceId)) {
-      if (serial && session.identity.serial !== serial) continue;
-      const identity = await findIdentityByFingerprint(deps.pool, session.fingerprint);
-      const decision = decideAdmission(identity, session.identity.deviceId, clock());
-      if (decision.admitted) sessions.rearm(session, identity!);
-      else sessions.end(session, closeReasonOf(decision.reason));
-    }
-  };
-
-  changes.onChange((change) => {
-    cache.forgetDevice(change.deviceId);
-    const closed = closeAffected(sessions, change);
-    metrics.revocationClosed(closed);
-    if (closed > 0) log.info({ deviceId: change.deviceId, kind: change.kind, closed }, 'closed sessions after registry change');
-    if (change.kind === 'certificate_superseded') {
-      refreshSessions(change.deviceId, change.serial).catch((error) =>
-        log.error({ err: error, deviceId: change.deviceId }, 'could not re-read a superseded certificate; its session keeps its old deadline'),
-      );
-    }
-  });
-
-  changes.onGap(() => cache.clear());
+  const admitted = new AdmittedSessions();
 
   const stale = await forgetConnections(deps.pool);
   if (stale > 0) log.info({ devices: stale }, 'cleared presence left over from an earlier run');
 
-  const aedes = await Aedes.createBroker({
-    id: 'fleet-auth',
-    maxClientsIdLength: 128,
-    connectTimeout: options.connectTimeoutMs ?? 10_000,
-    preConnect(client, packet, callback) {
-      const started = performance.now();
-      const socket = client.conn as tls.TLSSocket;
-      const peer = socket.remoteAddress;
-      if (checkKeepalive(packet.keepalive ?? 0, options.keepaliveMaxSeconds ?? 1200) !== 'ok') {
-        return callback(refuse('keepalive_too_long', peer, { keepalive: packet.keepalive }), false);
-      }
-      const certificate = socket.getPeerCertificate();
-      if (!certificate?.fingerprint256) return callback(refuse('no_certificate', peer), false);
-      const fingerprint = normalizeFingerprint(certificate.fingerprint256);
-      resolve(fingerprint).then(
-        (identity) => {
-          const decision = decideAdmission(identity, packet.clientId, clock());
-          metrics.observeConnect((performance.now() - started) / 1000);
-          if (!decision.admitted) {
-            return callback(refuse(decision.reason, peer, { clientId: packet.clientId, deviceId: identity?.deviceId, fingerprint }), false);
-          }
-          if (socket.destroyed) return callback(new Error('connection closed during lookup'), false);
-          // Registered in the same tick as the decision, so any later change finds the session.
-          const session = sessions.add(client, identity!, fingerprint);
-          admitted.set(client, { session, rules: rulesFor(deps.policy, identity!) });
-          presence.connected(identity!.deviceId, identity!.serial, peer ?? null);
-          metrics.connected();
-          socket.once('close', () => {
-            metrics.disconnected();
-            if (sessions.count(identity!.deviceId) === 0) presence.disconnected(identity!.deviceId, identity!.serial);
-          });
-          callback(null, true);
-        },
-        (error) => {
-          if (!(error instanceof RegistryUnavailable)) log.error({ err: error }, 'registry lookup failed');
-          callback(refuse('registry_unavailable', peer, { fingerprint, lookup: error instanceof RegistryUnavailable ? error.why : 'failed' }), false);
-        },
-      );
-    },
-    authorizePublish(client, packet, callback) {
-      const session = client ? admitted.get(client) : undefined;
-      if (session && mayPublish(session.rules, packet.topic)) return callback(null);
-      metrics.denied('publish');
-      log.warn({ deviceId: session?.session.identity.deviceId, topic: packet.topic }, 'publish denied');
-      callback(new Error(`publish to ${packet.topic} denied`));
-    },
-    authorizeSubscribe(client, subscription, callback) {
-      const session = admitted.get(client);
-      if (session && maySubscribe(session.rules, subscription.topic)) return callback(null, subscription);
-      metrics.denied('subscribe');
-      log.warn({ deviceId: session?.session.identity.deviceId, topic: subscription.topic }, 'subscribe denied');
-      // A null subscription is answered with SUBACK 0x80 and keeps the session open.
-      callback(null, null);
-    },
-  });
-  aedes.on('clientError', (client, error) => log.debug({ clientId: client.id, err: error.message }, 'client error'));
-  aedes.on('connectionError', (_client, error) => log.debug({ err: error.message }, 'connection error'));
+  // The hooks need presence, and presence publishes through aedes: build aedes first, then hook it up.
+  const aedes = new Aedes({ id: 'fleet-auth', maxClientsIdLength: 128, connectTimeout: options.connectTimeoutMs ?? 10_000 });
   const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
+  // DeviceSessions tells the close handler of each session it ends (only ever after both exist).
+  const sessions = new DeviceSessions(deps.scheduler, (session, reason) => close.closedByBroker(session, reason));
+  const close = closeHandlers({ sessions, admitted, presence, metrics, refusals, log });
+  followRegistryChanges({ pool: deps.pool, changes, cache, sessions, metrics, clock, log });
+
+  Object.assign(aedes, {
+    ...connectHandlers({
+      resolve,
+      sessions,
+      admitted,
+      policy: deps.policy,
+      presence,
+      opened: close.opened,
+      metrics,
+      refusals,
+      clock,
+      log,
+      keepaliveMaxSeconds: options.keepaliveMaxSeconds ?? 1200,
+    }),
+    authorizePublish: authorizePublishHook({ admitted, metrics, log }),
+    authorizeSubscribe: authorizeSubscribeHook({ admitted, metrics, log }),
+  });
+  aedes.on('clientError', close.failed);
+  aedes.on('connectionError', close.failed);
+  await aedes.listen();
 
   const open = new Set<tls.TLSSocket>();
   const server = tls.createServer(
@@ -190,7 +127,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       open.add(socket);
       socket.once('close', () => open.delete(socket));
       guardPacketSize(socket, options.maxPacketBytes ?? 262_144, (refusal) => refuse(refusal.reason, socket.remoteAddress, refusal));
-      aedes.handle(socket);
+      answerUnknownProtocolLevels(aedes.handle(socket));
     },
   );
   server.on('tlsClientError', (error: NodeJS.ErrnoException, socket) => {
@@ -220,7 +157,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   return {
     port,
     sessions,
-    refusals,
+    refusals: refusals.counts,
     reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
     async close() {
       // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
@@ -251,28 +188,4 @@ export function peerRefusal(socket: tls.TLSSocket): Refusal | undefined {
   if (code === 'CERT_NOT_YET_VALID') return 'not_yet_valid';
   if (UNKNOWN_CA_ERRORS.has(code)) return 'unknown_ca';
   return 'tls_handshake_failed';
-}
-
-function closeReasonOf(reason: Refusal) {
-  if (reason === 'suspended') return 'suspended' as const;
-  if (reason === 'expired') return 'expired' as const;
-  if (reason === 'superseded') return 'superseded' as const;
-  return 'revoked' as const;
-}
-
-/**
- * What a registry change takes away at once. A superseded certificate keeps its session through the
- * renewal overlap (its deadline is re-read), and a resumed device has nothing to close.
- */
-export function closeAffected(sessions: DeviceSessions, change: RegistryChange): number {
-  switch (change.kind) {
-    case 'device_revoked':
-      return sessions.close(change.deviceId, 'revoked');
-    case 'device_suspended':
-      return sessions.close(change.deviceId, 'suspended');
-    case 'certificate_revoked':
-      return change.serial ? sessions.close(change.deviceId, 'revoked', change.serial) : 0;
-    default:
-      return 0;
-  }
 }

@@ -1,17 +1,16 @@
 import type { Client } from 'aedes';
 import type { CertificateIdentity } from '../core/registry/index.js';
-
-/** Longest single timer Node allows (about 24.8 days); longer deadlines are re-armed. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+import type { Deadline, Scheduler } from '../core/scheduler.js';
 
 export interface Session {
   client: Client;
   identity: CertificateIdentity;
   fingerprint: string;
-  timer?: NodeJS.Timeout;
+  /** When the session ends by itself, held in the broker's one deadline scheduler. */
+  deadline?: Deadline;
 }
 
-export type CloseReason = 'revoked' | 'suspended' | 'expired' | 'superseded' | 'shutdown';
+export type CloseReason = 'revoked' | 'suspended' | 'expired' | 'superseded' | 'issuer_retired' | 'shutdown';
 
 /** When a session must end on its own: its certificate's expiry, or the end of its renewal overlap. */
 export function deadlineOf(identity: CertificateIdentity): number {
@@ -19,6 +18,9 @@ export function deadlineOf(identity: CertificateIdentity): number {
   if (identity.certificateStatus === 'superseded' && identity.acceptUntil) return Math.min(notAfter, identity.acceptUntil.getTime());
   return notAfter;
 }
+
+const reasonAtDeadline = (identity: CertificateIdentity): CloseReason =>
+  identity.certificateStatus === 'superseded' ? 'superseded' : 'expired';
 
 /**
  * The live MQTT sessions of each device, with the certificate each uses, so a revocation can close
@@ -28,7 +30,7 @@ export class DeviceSessions {
   readonly #byDevice = new Map<string, Set<Session>>();
 
   constructor(
-    private readonly now: () => number,
+    private readonly scheduler: Scheduler,
     private readonly onClosed: (session: Session, reason: CloseReason) => void,
   ) {}
 
@@ -44,16 +46,17 @@ export class DeviceSessions {
 
   /** Takes a fresher view of the session's certificate (say, superseded) and moves its deadline. */
   rearm(session: Session, identity: CertificateIdentity): void {
+    // A session that closed while its certificate was re-read keeps no deadline behind.
+    if (!this.#byDevice.get(session.identity.deviceId)?.has(session)) return;
     session.identity = identity;
-    clearTimeout(session.timer);
-    const wait = deadlineOf(identity) - this.now();
-    if (wait <= 0) return this.end(session, identity.certificateStatus === 'superseded' ? 'superseded' : 'expired');
-    session.timer = setTimeout(() => this.rearm(session, session.identity), Math.min(wait, MAX_TIMER_MS));
-    session.timer.unref();
+    const at = deadlineOf(identity);
+    if (at <= this.scheduler.now()) return this.end(session, reasonAtDeadline(identity));
+    if (session.deadline) session.deadline.reschedule(at);
+    else session.deadline = this.scheduler.at(at, () => this.end(session, reasonAtDeadline(session.identity)));
   }
 
   #remove(session: Session): void {
-    clearTimeout(session.timer);
+    session.deadline?.cancel();
     const sessions = this.#byDevice.get(session.identity.deviceId);
     if (!sessions) return;
     sessions.delete(session);
@@ -62,6 +65,10 @@ export class DeviceSessions {
 
   of(deviceId: string): Session[] {
     return [...(this.#byDevice.get(deviceId) ?? [])];
+  }
+
+  *all(): IterableIterator<Session> {
+    for (const sessions of this.#byDevice.values()) yield* sessions;
   }
 
   count(deviceId?: string): number {

@@ -63,6 +63,7 @@ export function registerCommands(program: Command): void {
           'fleet-auth is running.',
           `  provisioning API  https://localhost:${fleet.api.port}  (reference at /docs, OpenAPI at /openapi.json)`,
           `  MQTT broker       mqtts://localhost:${fleet.broker.port}  (client certificate required)`,
+          ...(fleet.api.pkiHttpPort === undefined ? [] : [`  CRLs, OCSP, CAs   http://localhost:${fleet.api.pkiHttpPort}  (plain HTTP, signed objects only)`]),
           `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
           `  root CA           ${rootCertificatePath(config)}`,
           'Next, in another terminal: npx fleet token create --role admin',
@@ -189,14 +190,14 @@ export function registerCommands(program: Command): void {
       explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
     });
   ca.command('retire')
-    .description('stop trusting an older issuing CA: devices still holding its certificates are refused at once')
+    .description('stop trusting an older issuing CA: the live sessions of its devices close and they are refused, at once')
     .argument('<generation>', 'the issuing CA number, as rotate printed it', (value) => Number.parseInt(value, 10))
     .action(async (generation: number) => {
       await withRegistry(async (db, config) => {
         await retireIssuingCa({ dataDir: config.dataDir }, generation);
         await announceCaChange(db.pool);
       });
-      explain(`Issuing CA ${generation} is retired; running servers stop trusting it now.`);
+      explain(`Issuing CA ${generation} is retired; running servers stop trusting it and close its devices' sessions now.`);
     });
 
   program

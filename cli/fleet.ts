@@ -10,8 +10,8 @@ const program = new Command()
     'after',
     `
 Configuration comes from the environment: DATABASE_URL (unset: embedded PostgreSQL under the data
-directory), FLEET_DATA_DIR (./data), FLEET_API_PORT (8443), FLEET_BROKER_PORT (8883), FLEET_HOSTNAMES,
-FLEET_CERT_LIFETIME (90d), FLEET_ENROLLMENT_TOKEN_TTL (7d), FLEET_TRUST_DOMAIN, FLEET_CA_PASSPHRASE
+directory), FLEET_DATA_DIR (./data), FLEET_API_PORT (8443), FLEET_BROKER_PORT (8883),
+FLEET_PKI_HTTP_PORT (8080, CRLs/OCSP/CAs over plain HTTP), FLEET_HOSTNAMES, FLEET_CERT_LIFETIME (90d), FLEET_ENROLLMENT_TOKEN_TTL (7d), FLEET_TRUST_DOMAIN, FLEET_CA_PASSPHRASE
 (encrypts the CA keys at rest), LOG_LEVEL.
 Commands other than start work beside a running 'fleet start' on the same data directory.`,
   );

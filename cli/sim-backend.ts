@@ -14,6 +14,7 @@ export async function startSimBackend(lifetime: string | undefined): Promise<Bac
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_BROKER_CONNECT_RATE: '1000000',
     FLEET_BROKER_CONNECT_BURST: '1000000',
     ...(lifetime ? { FLEET_CERT_LIFETIME: lifetime, FLEET_CERT_LIFETIME_MIN: lifetime } : {}),

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { type ChangeFeedOptions, type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
+import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
 import { defaultPolicy, type IssuancePolicy } from '../provisioning/policy.js';
 import { type RunningApi, startProvisioningApi } from '../provisioning/server.js';
@@ -9,6 +10,7 @@ import type { FleetConfig } from '../core/config.js';
 import { type Database, ensureDataDir, openDatabase } from '../core/db/database.js';
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
+import { createScheduler, type Scheduler } from '../core/scheduler.js';
 import { fileKeyStore, type KeyStore, PASSPHRASE_VARIABLE } from '../core/pki/key-store.js';
 
 export interface RunningFleet {
@@ -32,6 +34,7 @@ export async function startFleet(
   config: FleetConfig,
   log: Logger,
   clock: () => Date = () => new Date(),
+  scheduler: Scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a session deadline failed') }),
   hooks: FleetHooks = {},
 ): Promise<RunningFleet> {
   await ensureDataDir(config.dataDir);
@@ -57,7 +60,7 @@ export async function startFleet(
     started.push(changes);
     await changes.ready;
     const broker = await startBroker(
-      { pool: db.brokerPool, metrics, changes, ca, clock, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
       {
         host: config.listenHost,
         port: config.brokerPort,
@@ -74,17 +77,19 @@ export async function startFleet(
     started.push(broker);
     const api = await startProvisioningApi(
       { pool: db.pool, ca, policy, enrollmentTokenTtlMs: config.enrollmentTokenTtlMs, clock, log },
-      { host: config.listenHost, port: config.apiPort },
+      { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
     );
     started.push(api);
     // With port 0 the address is known only now; certificates issued from here on name it.
-    if (!config.publicUrl) policy.publicUrl = `https://localhost:${api.port}`;
-    // A rotation (fleet ca rotate) in any process: sign with the new issuing CA and trust it at once.
+    policy.publicUrl = pkiBaseUrl(config, api);
+    // A rotation or retirement (fleet ca) in any process: sign with the new issuing CA, present a server
+    // certificate from it, trust only the issuing CAs left, and end the sessions of retired ones.
     changes.onCaChange(() => {
       ca.reload()
         .then(() => {
           broker.reloadTrust();
           api.reloadTrust();
+          closeSessionsOfRetiredIssuers(broker.sessions, ca.issuers.map((i) => i.certificate.subject), { metrics, log });
           log.info({ issuing: ca.current.certificate.subject, trusted: ca.issuers.length }, 'CA reloaded');
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
@@ -119,8 +124,15 @@ export function policyFromConfig(config: FleetConfig): IssuancePolicy {
     minLifetimeMs: config.minCertificateLifetimeMs,
     maxLifetimeMs: config.maxCertificateLifetimeMs,
     trustDomain: config.trustDomain,
-    publicUrl: config.publicUrl ?? `https://localhost:${config.apiPort}`,
+    publicUrl: pkiBaseUrl(config, { port: config.apiPort, pkiHttpPort: config.pkiHttpPort }),
     renewalOverlapMs: config.renewalOverlapMs,
     allowKeyReuse: config.allowKeyReuse,
+    renewAfterExpiryMs: config.renewAfterExpiryMs,
   });
+}
+
+/** Where certificates send relying parties: the plain-HTTP PKI listener, or the API while it is off. */
+function pkiBaseUrl(config: FleetConfig, ports: { port: number; pkiHttpPort: number | undefined }): string {
+  if (ports.pkiHttpPort === undefined) return config.publicUrl ?? `https://localhost:${ports.port}`;
+  return config.pkiPublicUrl ?? `http://localhost:${ports.pkiHttpPort}`;
 }

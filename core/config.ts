@@ -18,10 +18,16 @@ export interface FleetConfig {
   minCertificateLifetimeMs: number;
   maxCertificateLifetimeMs: number;
   allowedKeys: KeyKind[];
-  /** Base URL of the API as devices reach it, for the CRL and OCSP URLs in certificates. */
+  /** Base URL of the API as devices reach it; in certificates only while the PKI listener is off. */
   publicUrl: string | undefined;
+  /** The plain-HTTP listener for CRLs, OCSP and CA certificates; undefined when turned off. */
+  pkiHttpPort: number | undefined;
+  /** Base URL of that listener as relying parties reach it, for the CRL, OCSP and issuer URLs in certificates. */
+  pkiPublicUrl: string | undefined;
   renewalOverlapMs: number;
   allowKeyReuse: boolean;
+  /** How long after expiry a certificate may still renew over mTLS; 0 never. */
+  renewAfterExpiryMs: number;
   enrollmentTokenTtlMs: number;
   /** A JSON file of topic policy templates; unset uses the built-in default. */
   brokerPolicyFile: string | undefined;
@@ -58,6 +64,20 @@ const duration = (fallback: string) =>
       return ms;
     });
 
+const optionalDuration = () =>
+  z
+    .string()
+    .optional()
+    .transform((text, ctx) => {
+      if (text === undefined) return 0;
+      const ms = parseDuration(text);
+      if (ms === undefined || ms <= 0) {
+        ctx.addIssue({ code: 'custom', message: `"${text}" is not a duration such as 7d or 12h` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
 const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
 
 const schema = z.object({
@@ -80,7 +100,10 @@ const schema = z.object({
     .transform((text) => text.split(',').map((k) => k.trim()).filter(Boolean))
     .pipe(z.array(z.enum(KEY_KINDS, { error: `each key kind must be one of ${KEY_KINDS.join(', ')}` })).min(1)),
   FLEET_PUBLIC_URL: z.url({ protocol: /^https$/, error: 'an https:// URL such as https://fleet.example.com:8443' }).optional(),
+  FLEET_PKI_HTTP_PORT: z.union([z.literal('off'), port(8080)]).default(8080),
+  FLEET_PKI_PUBLIC_URL: z.url({ protocol: /^http$/, error: 'an http:// URL such as http://pki.fleet.example.com' }).optional(),
   FLEET_RENEWAL_OVERLAP: duration('1h'),
+  FLEET_RENEW_AFTER_EXPIRY: optionalDuration(),
   FLEET_ALLOW_KEY_REUSE: z.enum(['true', 'false']).default('false'),
   FLEET_ENROLLMENT_TOKEN_TTL: duration('7d'),
   // The length rule says nothing about the value, so the passphrase never appears in an error.
@@ -128,7 +151,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     maxCertificateLifetimeMs: e.FLEET_CERT_LIFETIME_MAX,
     allowedKeys: e.FLEET_ALLOWED_KEYS,
     publicUrl: e.FLEET_PUBLIC_URL?.replace(/\/+$/, ''),
+    pkiHttpPort: e.FLEET_PKI_HTTP_PORT === 'off' ? undefined : e.FLEET_PKI_HTTP_PORT,
+    pkiPublicUrl: e.FLEET_PKI_PUBLIC_URL?.replace(/\/+$/, ''),
     renewalOverlapMs: e.FLEET_RENEWAL_OVERLAP,
+    renewAfterExpiryMs: e.FLEET_RENEW_AFTER_EXPIRY,
     allowKeyReuse: e.FLEET_ALLOW_KEY_REUSE === 'true',
     enrollmentTokenTtlMs: e.FLEET_ENROLLMENT_TOKEN_TTL,
     brokerPolicyFile: e.FLEET_BROKER_POLICY,

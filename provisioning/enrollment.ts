@@ -1,5 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import { FleetError } from '../core/errors.js';
+import type { IssuingCa } from '../core/pki/authority.js';
+import { issuingCaOf } from '../core/pki/issued-by.js';
 import { normalizeFingerprint, sha256Hex, x509 } from '../core/pki/x509.js';
 import { enrollWithToken, renewCertificate } from '../core/registry/index.js';
 import { acceptCsr } from './csr.js';
@@ -47,22 +49,26 @@ export async function enroll(deps: ProvisioningDeps, request: CsrSubmission & { 
   return { deviceId: result.deviceId, certificate: new x509.X509Certificate(result.certificate.pem), replayed: result.replayed };
 }
 
-/** The certificate a client presented on this TLS connection, or a refusal saying what is wrong with it. */
-export function presentedCertificate(socket: TLSSocket): { fingerprint: string } {
+/**
+ * The certificate a client presented on this TLS connection, or a refusal saying what is wrong with
+ * it. It must have been issued by one of our issuing CAs, checked here by its signature (OpenSSL's
+ * verify result is not used: it reports one error, so an expired foreign certificate looked merely
+ * expired). Expiry is the registry's to judge, with the renew-after-expiry grace.
+ */
+export function presentedCertificate(socket: TLSSocket, issuers: readonly IssuingCa[]): { fingerprint: string } {
   const peer = socket.getPeerCertificate?.();
-  if (!peer || !peer.fingerprint256) {
+  if (!peer || !peer.raw || !peer.fingerprint256) {
     throw new FleetError('client_certificate_required', 401, 'renewal needs the current device certificate presented as the TLS client certificate');
   }
-  // An expired certificate still identifies the device; the registry turns it into a precise refusal.
-  if (!socket.authorized && String(socket.authorizationError) !== 'CERT_HAS_EXPIRED') {
-    throw new FleetError('client_certificate_invalid', 401, `the client certificate does not chain to this CA (${String(socket.authorizationError)})`);
+  if (!issuingCaOf(issuers, peer.raw)) {
+    throw new FleetError('client_certificate_invalid', 401, 'the client certificate was not issued by one of this CA\'s issuing CAs; present the device certificate this CA issued, or re-enroll');
   }
   return { fingerprint: normalizeFingerprint(peer.fingerprint256) };
 }
 
 /** Renewal over mTLS: the presented certificate proves the device, the CSR carries its new key. */
 export async function renew(deps: ProvisioningDeps, socket: TLSSocket, request: CsrSubmission): Promise<Issued> {
-  const { fingerprint } = presentedCertificate(socket);
+  const { fingerprint } = presentedCertificate(socket, deps.ca.issuers);
   const csr = await acceptCsr(deps.policy, request.csr);
   const lifetimeMs = lifetimeFor(deps.policy, request.lifetime);
   const now = deps.clock();
@@ -73,6 +79,7 @@ export async function renew(deps: ProvisioningDeps, socket: TLSSocket, request: 
       newKeySha256: sha256Hex(csr.publicKey.rawData),
       allowKeyReuse: deps.policy.allowKeyReuse,
       overlapMs: deps.policy.renewalOverlapMs,
+      renewAfterExpiryMs: deps.policy.renewAfterExpiryMs,
       now,
     },
     signerFor(deps, csr, lifetimeMs, now),

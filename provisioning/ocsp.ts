@@ -20,10 +20,10 @@ import { Certificate, CRLReason, type Extension } from '@peculiar/asn1-x509';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority, IssuingCa } from '../core/pki/authority.js';
-import { type CertificateDetails, getCertificate, REVOCATION_REASONS } from '../core/registry/index.js';
+import { type CertificateStatusAt, certificateStatusAt, REVOCATION_REASONS } from '../core/registry/index.js';
 
 /** What the answer depends on. */
-export type StatusRecord = Pick<CertificateDetails, 'issuer' | 'status' | 'revokedAt' | 'revocationReason'>;
+export type StatusRecord = Pick<CertificateStatusAt, 'issuer' | 'status' | 'revokedAt' | 'revocationReason'>;
 
 /** One request checks a handful of certificates; a cap keeps one request from costing a query per thousand. */
 export const MAX_CERT_IDS_PER_REQUEST = 100;
@@ -88,7 +88,9 @@ export function registrySerial(integer: ArrayBuffer): string {
 
 /**
  * Anything but revoked and suspended is good: OCSP's good only means "not revoked" (RFC 6960 2.2).
- * A suspended certificate is on hold, which OCSP says as revoked with reason certificateHold.
+ * A suspended certificate is on hold, which OCSP says as revoked with reason certificateHold. The
+ * record is the registry's reading at this moment (certificateStatusAt), the same the CRL is built
+ * from: a superseded certificate past its overlap comes as revoked, reason superseded.
  */
 export function ocspAnswer(record: StatusRecord | undefined, issuerName: string, now: Date): OcspAnswer {
   if (!record || record.issuer !== issuerName) return { unknown: true };
@@ -152,9 +154,10 @@ function responderFor(issuer: IssuingCa): Responder {
 /**
  * An OCSP responder for our issuing CAs, each signing the answers about its own certificates
  * (RFC 6960 4.2.2.2), so relying parties need no delegated responder certificate. A request is
- * answered by the issuer its first CertID names; CertIDs of any other issuer are answered unknown.
- * Every outcome is a DER OCSPResponse: a request it cannot read gets malformedRequest, a failure of
- * ours internalError; nothing throws.
+ * answered by the issuer its first CertID names; CertIDs of our other issuing CAs are answered
+ * unknown, and a request naming any CA we do not run gets unauthorized. Every outcome is a DER
+ * OCSPResponse: a request it cannot read gets malformedRequest, a failure of ours internalError;
+ * nothing throws.
  */
 export function ocspResponder(deps: OcspResponderDeps) {
   const responders = new Map<string, Responder>();
@@ -167,17 +170,22 @@ export function ocspResponder(deps: OcspResponderDeps) {
     });
 
   async function singleResponse(responder: Responder, certId: CertID, thisUpdate: Date, nextUpdate: Date): Promise<SingleResponse> {
-    const record = isOurIssuer(certId, responder.hashes) ? await getCertificate(deps.pool, registrySerial(certId.serialNumber)) : undefined;
+    const serial = registrySerial(certId.serialNumber);
+    const record = isOurIssuer(certId, responder.hashes) ? await certificateStatusAt(deps.pool, serial, thisUpdate) : undefined;
     const answer = ocspAnswer(record, responder.issuer.certificate.subject, thisUpdate);
-    return new SingleResponse({ certID: certId, certStatus: certStatus(answer), thisUpdate, nextUpdate });
+    // "good" for a superseded certificate lasts only until its overlap ends; no cache may keep it longer.
+    const until = 'good' in answer && record?.acceptUntil ? Math.min(nextUpdate.getTime(), wholeSeconds(record.acceptUntil).getTime()) : nextUpdate.getTime();
+    return new SingleResponse({ certID: certId, certStatus: certStatus(answer), thisUpdate, nextUpdate: new Date(until) });
   }
 
   async function signedResponse(request: OCSPRequest): Promise<ArrayBuffer> {
     const now = wholeSeconds(deps.clock());
     const nextUpdate = new Date(now.getTime() + RESPONSE_VALIDITY_MS);
     const all = currentResponders();
-    const first = request.tbsRequest.requestList[0]?.reqCert;
-    const responder = all.find((r) => first && isOurIssuer(first, r.hashes)) ?? all[0]!;
+    const ours = (certId: CertID) => all.find((r) => isOurIssuer(certId, r.hashes));
+    // RFC 6960 2.3: about a CA we do not run we can say nothing authoritative, and must not sign "unknown" for it.
+    if (!request.tbsRequest.requestList.every(({ reqCert }) => ours(reqCert))) return unsuccessful(OCSPResponseStatus.unauthorized);
+    const responder = ours(request.tbsRequest.requestList[0]!.reqCert)!;
     const responses: SingleResponse[] = [];
     for (const { reqCert } of request.tbsRequest.requestList) responses.push(await singleResponse(responder, reqCert, now, nextUpdate));
     const nonce = nonceOf(request);

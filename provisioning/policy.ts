@@ -18,10 +18,15 @@ export interface IssuancePolicy {
   minLifetimeMs: number;
   maxLifetimeMs: number;
   trustDomain: string;
-  /** Base URL written into certificates for the CRL, OCSP and issuer download; set once the API listens. */
+  /**
+   * Base URL written into certificates for the CRL, OCSP and issuer download: the plain-HTTP PKI
+   * listener's (FLEET_PKI_PUBLIC_URL), or the API's when that listener is off. Set once it listens.
+   */
   publicUrl: string;
   renewalOverlapMs: number;
   allowKeyReuse: boolean;
+  /** How long after expiry a certificate may still renew over mTLS (step-ca's allowRenewAfterExpiry); 0 never. */
+  renewAfterExpiryMs: number;
 }
 
 export const defaultPolicy = (overrides: Partial<IssuancePolicy> = {}): IssuancePolicy => ({
@@ -30,9 +35,10 @@ export const defaultPolicy = (overrides: Partial<IssuancePolicy> = {}): Issuance
   minLifetimeMs: 5 * 60_000,
   maxLifetimeMs: 397 * 86_400_000,
   trustDomain: 'fleet.local',
-  publicUrl: 'https://localhost:8443',
+  publicUrl: 'http://localhost:8080',
   renewalOverlapMs: 3_600_000,
   allowKeyReuse: false,
+  renewAfterExpiryMs: 0,
   ...overrides,
 });
 
@@ -112,7 +118,9 @@ export const deviceUri = (policy: IssuancePolicy, deviceId: string): string => `
 
 /**
  * Where relying parties find revocation status and the issuer; written into every device certificate.
- * The issuer's key id keeps them right after a CA rotation.
+ * http:// as public CAs do (RFC 5280 4.2.1.13, 4.2.2.1): the objects are signed, and a relying party
+ * must be able to fetch them before it trusts our root. The issuer's key id keeps them right after a
+ * CA rotation.
  */
 export const pkiUrls = (publicUrl: string, issuerKeyId: string) => ({
   crl: `${publicUrl}/pki/crl/${issuerKeyId}`,

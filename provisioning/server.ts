@@ -1,14 +1,17 @@
+import http from 'node:http';
 import https from 'node:https';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { logServerErrors } from '../core/server-errors.js';
-import { createProvisioningApp } from './app.js';
+import { createPkiApp, createProvisioningApp, signedObjectRoutes } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
 
 export interface RunningApi {
   port: number;
+  /** The plain-HTTP PKI listener's port, when it runs. */
+  pkiHttpPort: number | undefined;
   /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
   reloadTrust(): void;
   close(): Promise<void>;
@@ -16,13 +19,15 @@ export interface RunningApi {
 
 /**
  * The provisioning API over HTTPS. A client certificate is requested but not required at the TLS
- * layer: factories enroll with tokens, devices will renew with their certificate.
+ * layer: factories enroll with tokens, devices will renew with their certificate. With `pkiHttpPort`
+ * the signed objects (CA certificates, CRLs, OCSP) are served over plain HTTP too, and nothing else.
  */
 export async function startProvisioningApi(
   deps: ProvisioningDeps,
-  options: { host?: string; port: number },
+  options: { host?: string; port: number; pkiHttpPort?: number },
 ): Promise<RunningApi> {
-  const app = createProvisioningApp(deps);
+  const signedObjects = signedObjectRoutes(deps);
+  const app = createProvisioningApp(deps, signedObjects);
   const server = serve({
     fetch: app.fetch,
     port: options.port,
@@ -30,17 +35,29 @@ export async function startProvisioningApi(
     createServer: https.createServer,
     serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false },
   }) as https.Server;
-  if (!server.listening) await once(server, 'listening');
+  const servers: (http.Server | https.Server)[] = [server];
+  if (options.pkiHttpPort !== undefined) {
+    servers.push(serve({ fetch: createPkiApp(deps, signedObjects).fetch, port: options.pkiHttpPort, hostname: options.host, createServer: http.createServer }) as http.Server);
+  }
+  for (const s of servers) if (!s.listening) await once(s, 'listening');
   logServerErrors(server, deps.log, 'provisioning API');
+  if (servers[1]) logServerErrors(servers[1], deps.log, 'PKI HTTP');
   const port = (server.address() as AddressInfo).port;
-  deps.log.info({ port }, 'provisioning API listening (HTTPS)');
+  const pkiHttpPort = servers[1] ? (servers[1].address() as AddressInfo).port : undefined;
+  deps.log.info({ port, pkiHttpPort }, 'provisioning API listening (HTTPS; signed objects over HTTP too)');
   return {
     port,
+    pkiHttpPort,
     reloadTrust: () => server.setSecureContext(secureContextOptions(deps.ca)),
     close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+      Promise.all(
+        servers.map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              s.close(() => resolve());
+              s.closeAllConnections();
+            }),
+        ),
+      ).then(() => undefined),
   };
 }

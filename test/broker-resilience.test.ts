@@ -90,6 +90,7 @@ test('a revocation committed while the change feed is down is replayed, not miss
   );
   const again = await connectDevice(port(), 'replay-1', tlsOf(device));
   assert.equal(again.outcome, 'refused');
+  assert.equal(again.connack, 5, 'CONNACK 0x05: not authorized');
   again.client.end(true);
 });
 
@@ -283,6 +284,7 @@ test('PostgreSQL restarted under connected devices: sessions stay, cached device
   await fromCache.client.endAsync();
   const notCached = await connectDevice(port(), 'restart-unknown', tlsOf(unknown));
   assert.equal(notCached.outcome, 'refused', 'an identity the broker cannot check is refused');
+  assert.equal(notCached.connack, 3, 'CONNACK 0x03: server unavailable, so the device retries with backoff');
   notCached.client.end(true);
   assert.ok((t.fleet.broker.refusals.get('registry_unavailable') ?? 0) >= 1);
 
@@ -297,6 +299,7 @@ test('PostgreSQL restarted under connected devices: sessions stay, cached device
 
   const revokedAgain = await connectDevice(port(), 'restart-held', tlsOf(held));
   assert.equal(revokedAgain.outcome, 'refused', 'no revoked device is admitted afterwards');
+  assert.equal(revokedAgain.connack, 5, 'CONNACK 0x05: not authorized');
   revokedAgain.client.end(true);
   const nowKnown = await connectDevice(port(), 'restart-unknown', tlsOf(unknown));
   assert.equal(nowKnown.outcome, 'connected');

@@ -151,6 +151,7 @@ describe('a fleet with FLEET_CA_PASSPHRASE', () => {
         FLEET_DATA_DIR: t.dataDir,
         FLEET_API_PORT: '0',
         FLEET_BROKER_PORT: '0',
+        FLEET_PKI_HTTP_PORT: '0',
         FLEET_CA_PASSPHRASE: 'a wrong passphrase, long enough',
         LOG_LEVEL: 'warn',
       };

@@ -1,15 +1,17 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
-import { caKeyStore } from '../cli/start.js';
+import { caKeyStore, type RunningFleet, startFleet } from '../cli/start.js';
 import { silentLogger } from '../core/log.js';
-import { rotateIssuingCa } from '../core/pki/authority.js';
+import { type IssuingCa, retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
 import { x509 } from '../core/pki/x509.js';
 import { announceCaChange } from '../core/registry/index.js';
-import { connectDevice } from './support/mqtt.js';
-import { openssl } from './support/openssl.js';
+import { closed, connectDevice } from './support/mqtt.js';
+import { openssl, run } from './support/openssl.js';
+import { parseExposition } from './support/prometheus.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 
 let t: TestFleet;
@@ -97,4 +99,112 @@ test('a new issuing CA signs new certificates while the old one still verifies, 
   const listed = await openssl(['pkcs7', '-inform', 'DER', '-print_certs', '-noout'], Buffer.from(cacerts.text, 'base64'));
   assert.match(listed.stdout, /Issuing CA 1/);
   assert.match(listed.stdout, /Issuing CA 2/);
+});
+
+/** What a client that trusts only the root makes of a server: openssl s_client is the judge. */
+async function presented(port: number, rootFile: string, client?: EnrolledDevice): Promise<{ verified: boolean; issuer: string; output: string }> {
+  const identity = client ? ['-cert', await file('client.pem', client.certificatePem), '-key', await file('client.key', client.identity.keyPem)] : [];
+  const result = await openssl(['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-verify_hostname', 'localhost', '-CAfile', rootFile, '-verify_return_error', ...identity], '');
+  const output = result.stdout + result.stderr;
+  return { verified: result.code === 0 && /Verify return code: 0 \(ok\)/.test(output), issuer: /^issuer=(.*)$/m.exec(output)?.[1] ?? '', output };
+}
+
+/** Both servers of a fleet, as clients that trust only the root see them: openssl, curl and MQTT.js. */
+async function assertServersVerify(fleet: RunningFleet, device: EnrolledDevice, issuer: RegExp, when: string): Promise<void> {
+  const rootFile = await file('root.pem', t.rootPem);
+  for (const [server, port, client] of [['API', fleet.api.port, undefined], ['broker', fleet.broker.port, device]] as const) {
+    const seen = await presented(port, rootFile, client);
+    assert.ok(seen.verified, `${when}: the ${server} verifies against the root\n${seen.output}`);
+    assert.match(seen.issuer, issuer, `${when}: the ${server}'s certificate comes from the current issuing CA`);
+  }
+  const curl = await run('curl', ['-sS', '--fail', '--cacert', rootFile, `https://localhost:${fleet.api.port}/healthz`]);
+  assert.equal(curl.code, 0, `${when}: curl --cacert root verifies the API: ${curl.stderr}`);
+  const session = await connectDevice(fleet.broker.port, device.identity.deviceId, tlsOf(device));
+  assert.equal(session.outcome, 'connected', `${when}: MQTT.js verifies the broker and is admitted: ${session.error?.message}`);
+  await session.client.endAsync();
+}
+
+/** Bounded polling for a state another process brings about (not a timing assertion: the bound is generous). */
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 600 && !check(); i++) await sleep(50);
+  assert.ok(check(), what);
+}
+
+const trustFileOf = (dataDir: string) => readFile(path.join(dataDir, 'pki', 'trust.pem'), 'utf8');
+const subjectsIn = (pem: string) => pem.split(/(?<=-----END CERTIFICATE-----)/).filter((p) => p.includes('BEGIN')).map((p) => new x509.X509Certificate(p.trim()).subject);
+
+async function metric(port: number, name: string): Promise<number | undefined> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return parseExposition(text).samples.find((s) => s.name === name)?.value;
+}
+
+describe('rotation and retirement without an outage, in every running process', () => {
+  /** A second `fleet start` on the same data directory and database, as a second host would run. */
+  let peer: RunningFleet;
+  let peerRunning = false;
+  before(async () => {
+    peer = await startFleet(t.config, silentLogger());
+    peerRunning = true;
+  });
+  after(() => (peerRunning ? peer.close() : undefined));
+
+  test('rotate and retire re-issue both servers, close the retired CA\'s live sessions in every broker, and keep the trust files right', async () => {
+    const log = silentLogger();
+    const generation = t.fleet.ca.current.generation;
+    const oldA = await t.enroll('retire-old-a');
+    const oldB = await t.enroll('retire-old-b');
+    const liveA = await connectDevice(t.fleet.broker.port, 'retire-old-a', tlsOf(oldA));
+    const liveB = await connectDevice(peer.broker.port, 'retire-old-b', tlsOf(oldB));
+    assert.equal(liveA.outcome, 'connected');
+    assert.equal(liveB.outcome, 'connected');
+
+    const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
+    assert.deepEqual(subjectsIn(await trustFileOf(t.dataDir)).slice(0, 2), [made.certificate.subject, t.fleet.ca.issuing.subject], 'rotate itself rewrites data/pki/trust.pem');
+    await announceCaChange(t.fleet.db.pool);
+    await untilGeneration(made.generation);
+    await until(() => peer.ca.current.generation === made.generation, 'the second process reloaded the CA');
+    const current = new RegExp(`Issuing CA ${made.generation}\\b`);
+    const fresh = await t.enroll('retire-new');
+    for (const fleet of [t.fleet, peer]) await assertServersVerify(fleet, fresh, current, 'after rotate');
+    assert.ok(liveA.client.connected && liveB.client.connected, 'a rotation alone closes no session');
+
+    await retireIssuingCa({ dataDir: t.dataDir }, generation);
+    const trustFile = await trustFileOf(t.dataDir);
+    assert.ok(!subjectsIn(trustFile).some((s) => new RegExp(`Issuing CA ${generation}\\b`).test(s)), 'retire itself rewrites data/pki/trust.pem');
+    await announceCaChange(t.fleet.db.pool);
+    // Each broker ends its own session of a device of the retired CA, at once, not at its next handshake.
+    await Promise.all([closed(liveA.client), closed(liveB.client)]);
+    assert.equal(await metric(t.fleet.metricsPort, 'fleet_broker_retirement_closed_sessions_total'), 1);
+    assert.equal(await metric(peer.metricsPort, 'fleet_broker_retirement_closed_sessions_total'), 1);
+    await until(() => t.fleet.ca.issuers.length === peer.ca.issuers.length && subjectsIn(t.fleet.ca.trustPem).join() === subjectsIn(trustFile).join(), 'both processes dropped the retired CA');
+    for (const fleet of [t.fleet, peer]) await assertServersVerify(fleet, fresh, current, 'after retire');
+    assert.equal((await t.api('GET', '/pki/trust.pem')).text, trustFile, 'GET /pki/trust.pem serves what data/pki/trust.pem holds');
+
+    const rootFile = await file('root.pem', t.rootPem);
+    const bundle = path.join(t.dataDir, 'pki', 'trust.pem');
+    assert.equal((await openssl(['verify', '-CAfile', rootFile, '-untrusted', bundle, await file('new.pem', fresh.certificatePem)])).code, 0);
+    assert.notEqual((await openssl(['verify', '-CAfile', rootFile, '-untrusted', bundle, await file('old.pem', oldA.certificatePem)])).code, 0);
+    const again = await connectDevice(t.fleet.broker.port, 'retire-old-a', tlsOf(oldA));
+    assert.equal(again.outcome, 'refused', 'the retired CA\'s device is refused when it reconnects');
+
+    await t.restart();
+    await assertServersVerify(t.fleet, fresh, current, 'after a restart following retire');
+  });
+
+  test('a start whose server certificate came from an issuing CA retired while nothing ran presents one from the current CA', async () => {
+    const log = silentLogger();
+    const device = await t.enroll('offline-rotation');
+    await peer.close();
+    peerRunning = false;
+    let made: IssuingCa | undefined;
+    // Rotated and retired by the CLI with no server running: nobody re-issued the server certificate yet.
+    await t.restart(async () => {
+      const before = t.fleet.ca.current.generation;
+      made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
+      await retireIssuingCa({ dataDir: t.dataDir }, before);
+    });
+    await assertServersVerify(t.fleet, await t.enroll('offline-rotation-new'), new RegExp(`Issuing CA ${made!.generation}\\b`), 'after an offline rotate and retire');
+    const refused = await connectDevice(t.fleet.broker.port, 'offline-rotation', tlsOf(device));
+    assert.equal(refused.outcome, 'refused');
+  });
 });

@@ -30,7 +30,7 @@ const lastLine = (text: string) => text.trimEnd().split('\n').at(-1) ?? '';
 
 before(async () => {
   dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-cli-'));
-  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', LOG_LEVEL: 'warn' };
+  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'warn' };
   delete env.DATABASE_URL;
   server = spawn(process.execPath, [FLEET, 'start'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
@@ -108,6 +108,7 @@ describe('fleet CLI beside a running `fleet start` on the embedded database', ()
     session.client.end(true);
     const again = await connectDevice(brokerPort, 'cli-sensor-1', tls);
     assert.equal(again.outcome, 'refused');
+    assert.equal(again.connack, 5, 'CONNACK 0x05: not authorized');
     again.client.end(true);
   });
 

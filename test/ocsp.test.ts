@@ -150,7 +150,7 @@ describe('OCSP responder', () => {
     assert.match(checked.stdout, /ghost\.pem: unknown/);
   });
 
-  test('answers unknown for a certificate of another CA with the same name', async () => {
+  test('answers unauthorized, unsigned, for a CA we do not run, even one with our issuing CA\'s name', async () => {
     const keys = await generateEcKeys('P-256');
     const foreignCa = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: randomSerial(),
@@ -165,10 +165,16 @@ describe('OCSP responder', () => {
     const request = await openssl(['ocsp', '-issuer', foreignCaFile, '-serial', `0x${enrolled.serial}`, '-reqout', path.join(t.dataDir, 'twin.der'), '-no_nonce']);
     assert.equal(request.code, 0, request.stderr);
     const response = await postOcsp(await readFile(path.join(t.dataDir, 'twin.der')));
+    // RFC 6960 2.3: we cannot answer for it, so we say so instead of signing "unknown" on its behalf.
     const checked = await judge(response, ['-serial', `0x${enrolled.serial}`], foreignCaFile);
-    // openssl rightly refuses our signature on the other CA's behalf; what matters is what we said.
-    assert.match(checked.stdout, /Cert Status: unknown/);
-    assert.doesNotMatch(checked.stdout, /Cert Status: good/);
+    assert.match(checked.all, /Responder Error: unauthorized \(6\)/);
+    assert.doesNotMatch(checked.stdout, /Cert Status/);
+    // Mixed with a certificate of ours, the whole request is still refused.
+    const ours = await certFile('ocsp-twin-ours');
+    const mixed = await openssl(['ocsp', '-issuer', issuingFile, '-cert', ours, '-issuer', foreignCaFile, '-serial', `0x${enrolled.serial}`, '-reqout', path.join(t.dataDir, 'mixed.der'), '-no_nonce']);
+    assert.equal(mixed.code, 0, mixed.stderr);
+    const mixedChecked = await judge(await postOcsp(await readFile(path.join(t.dataDir, 'mixed.der'))), []);
+    assert.match(mixedChecked.all, /Responder Error: unauthorized \(6\)/);
   });
 
   test('answers several certificates in one request, each in its own right', async () => {

@@ -3,12 +3,12 @@ import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { x509 } from '../core/pki/x509.js';
 import { closed, connectDevice } from './support/mqtt.js';
+import { offsetClock } from './support/clock.js';
 import { openssl } from './support/openssl.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 
-/** The fleet's clock runs `offset` ahead of real time, so tests can step past expiry and overlaps. */
-let offset = 0;
-const clock = () => new Date(Date.now() + offset);
+/** The fleet's clock, stepped past expiry and overlaps by withClock. */
+const { clock, withClock } = offsetClock();
 let t: TestFleet;
 before(async () => {
   t = await startTestFleet({ clock, env: { FLEET_ALLOWED_KEYS: 'ec-p256,ec-p384,ed25519,rsa', FLEET_RENEWAL_OVERLAP: '1h' } });
@@ -17,15 +17,6 @@ after(() => t?.close());
 
 const admin = () => ({ token: t.adminToken });
 const tlsOf = (d: EnrolledDevice) => ({ cert: d.certificatePem, key: d.identity.keyPem });
-
-async function withClock<T>(ms: number, fn: () => Promise<T>): Promise<T> {
-  offset = ms;
-  try {
-    return await fn();
-  } finally {
-    offset = 0;
-  }
-}
 
 const file = (name: string, content: string | Buffer) => t.file(name, content);
 
@@ -123,8 +114,9 @@ describe('certificate policy', () => {
     const lifetime = cert.notAfter.getTime() - Date.now();
     assert.ok(lifetime > 1.9 * 3_600_000 && lifetime <= 2 * 3_600_000 + 1000, `lifetime ${lifetime}`);
     const text = await openssl(['x509', '-in', await file('policy.pem', res.json.certificate), '-noout', '-text']);
-    assert.match(text.stdout, new RegExp(`URI:${t.apiUrl.replace('localhost', 'localhost')}/pki/crl`));
-    assert.match(text.stdout, new RegExp(`OCSP - URI:${t.apiUrl}/ocsp`));
+    const pkiUrl = `http://localhost:${t.fleet.api.pkiHttpPort}`;
+    assert.match(text.stdout, new RegExp(`URI:${pkiUrl}/pki/crl`));
+    assert.match(text.stdout, new RegExp(`OCSP - URI:${pkiUrl}/ocsp`));
     assert.match(text.stdout, /X509v3 Subject Key Identifier/);
     assert.match(text.stdout, /X509v3 Authority Key Identifier/);
 

@@ -28,7 +28,7 @@ let env: NodeJS.ProcessEnv;
 
 before(async () => {
   dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-shutdown-'));
-  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', LOG_LEVEL: 'info' };
+  env = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'info' };
   delete env.DATABASE_URL;
 });
 const running = new Set<ChildProcess>();

@@ -1,3 +1,4 @@
+import { createPublicKey, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
@@ -23,8 +24,10 @@ import {
 
 const ROOT_CURVE: EcCurve = 'P-384';
 const ISSUING_CURVE: EcCurve = 'P-256';
+/** In `<dataDir>/pki`: the root and every trusted issuing CA, rewritten on each rotation and retirement. */
+export const TRUST_BUNDLE = 'trust.pem';
 const DAY = 86_400_000;
-/** A server certificate this close to expiry (or naming other hosts) is replaced at start. */
+/** A server certificate this close to expiry (or naming other hosts) is replaced at start and on a CA reload. */
 const SERVER_RENEW_BEFORE = 30 * DAY;
 /** Certificates start a little in the past so devices with slow clocks accept them. */
 export const CLOCK_SKEW_MS = 5 * 60_000;
@@ -128,32 +131,32 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
     await createAndStore(pairOf(dir, issuerFileName(1), keys), options.log, 'issuing CA', () => createIssuing(root, 1, now()));
   }
   const authority = { root: root.certificate, rootPem: pemChain(root.certificate) } as CertificateAuthority;
+  const sanNames = serverNames(options.hostnames);
+  const serverFiles = pairOf(dir, 'server', keys);
+  let server: KeyedCertificate | undefined;
   const refresh = async () => {
     const issuers = await loadIssuers(dir, keys);
+    const current = issuers[0]!;
+    server = await serverCertificate(serverFiles, server, current, sanNames, now(), options.log);
+    await writeTrustBundle(dir);
+    // All at once, so no reader sees the new issuing CA beside the old server certificate.
     Object.assign(authority, {
       issuers,
-      current: issuers[0]!,
-      issuing: issuers[0]!.certificate,
-      chainPem: pemChain(issuers[0]!.certificate, root.certificate),
+      current,
+      issuing: current.certificate,
+      chainPem: pemChain(current.certificate, root.certificate),
       trustPem: pemChain(...issuers.map((i) => i.certificate), root.certificate),
+      server: { certificatePem: pemChain(server.certificate, current.certificate), keyPem: server.keyPem },
     });
   };
   await refresh();
-
-  const sanNames = serverNames(options.hostnames);
-  const serverFiles = pairOf(dir, 'server', keys);
-  let server = await readKeyed(serverFiles, ISSUING_CURVE);
-  if (!server || needsNewServerCertificate(server.certificate, sanNames, now())) {
-    const signer = authority.current;
-    server = await createAndStore(serverFiles, options.log, 'server certificate', () => createServer(signer, sanNames, now()));
-  }
-  const serverIssuer = authority.issuers.find((i) => i.keyId === authorityKeyIdOf(server!.certificate)) ?? authority.current;
+  // A rotation and a retirement announced back to back must not reload side by side.
+  let reloading = Promise.resolve();
   Object.assign(authority, {
-    server: { certificatePem: pemChain(server.certificate, serverIssuer.certificate), keyPem: server.keyPem },
     sign: (request: CertificateRequestToSign) => authority.current.sign(request),
     signData: (data: ArrayBuffer) => authority.current.signData(data),
     issuerByKeyId: (keyId: string) => authority.issuers.find((i) => i.keyId === keyId.toLowerCase()),
-    reload: refresh,
+    reload: () => (reloading = reloading.catch(() => undefined).then(refresh)),
   });
   return authority;
 }
@@ -169,12 +172,14 @@ export async function rotateIssuingCa(options: Omit<AuthorityOptions, 'hostnames
   const made = await createAndStore(pairOf(dir, issuerFileName(generation), keys), options.log, 'issuing CA', () =>
     createIssuing(root, generation, now()),
   );
+  await writeTrustBundle(dir);
   return issuingCa(generation, made);
 }
 
 /**
  * Stops trusting an older issuing CA: its certificate moves to pki/retired/, and after the reload
- * its devices are refused at the TLS handshake. The newest issuing CA cannot be retired.
+ * its devices are refused at the TLS handshake and their live sessions closed. The newest issuing CA
+ * cannot be retired.
  */
 export async function retireIssuingCa(options: { dataDir: string }, generation: number): Promise<void> {
   const dir = pkiDirOf(options.dataDir);
@@ -186,6 +191,7 @@ export async function retireIssuingCa(options: { dataDir: string }, generation: 
   await mkdir(path.join(dir, 'retired'), { recursive: true, mode: 0o700 });
   const name = `${issuerFileName(generation)}.crt`;
   await rename(path.join(dir, name), path.join(dir, 'retired', name));
+  await writeTrustBundle(dir);
 }
 
 const issuerFileName = (generation: number) => (generation === 1 ? 'issuing' : `issuing-${generation}`);
@@ -278,11 +284,15 @@ async function createAndStore(
   create: () => Promise<KeyedCertificate>,
 ): Promise<KeyedCertificate> {
   const made = await create();
-  // Key first, so a crash never leaves a certificate without its key.
-  await files.keys.write(files.key, made.keyPem);
-  await writeFile(files.cert, made.certificate.toString('pem') + '\n', { mode: 0o644 });
+  await store(files, made);
   log.info({ subject: made.certificate.subject, notAfter: made.certificate.notAfter, file: files.cert }, `created ${what}`);
   return made;
+}
+
+async function store(files: FilePair, made: KeyedCertificate): Promise<void> {
+  // Key first, so a crash never leaves a certificate without its key.
+  await files.keys.write(files.key, made.keyPem);
+  await writeFileAtomically(files.cert, made.certificate.toString('pem') + '\n');
 }
 
 async function keyed(certificate: x509.X509Certificate, keys: CryptoKeyPair): Promise<KeyedCertificate> {
@@ -340,9 +350,58 @@ function namesIn(certificate: x509.X509Certificate): string[] {
   return (san?.names.items ?? []).map((n) => n.value).sort();
 }
 
-function needsNewServerCertificate(certificate: x509.X509Certificate, names: string[], now: Date): boolean {
-  if (certificate.notAfter.getTime() - now.getTime() < SERVER_RENEW_BEFORE) return true;
-  return namesIn(certificate).join(',') !== names.join(',');
+/** Why a server certificate must be replaced, or undefined when it may be presented as it is. */
+function serverCertificateFault(server: KeyedCertificate, signer: IssuingCa, names: string[], now: Date): string | undefined {
+  // Only the newest issuing CA: an older one may be retired next, and clients would stop verifying us.
+  if (authorityKeyIdOf(server.certificate) !== signer.keyId) return 'not issued by the current issuing CA';
+  if (server.certificate.notAfter.getTime() - now.getTime() < SERVER_RENEW_BEFORE) return 'near its expiry';
+  if (namesIn(server.certificate).join(',') !== names.join(',')) return 'names other hosts';
+  if (!publicKeyMatches(server)) return 'does not match its key';
+  return undefined;
+}
+
+const publicKeyMatches = (pair: KeyedCertificate): boolean =>
+  createPublicKey(pair.keyPem).export({ type: 'spki', format: 'der' }).equals(Buffer.from(pair.certificate.publicKey.rawData));
+
+/**
+ * The server certificate to present: the one in use, else the one on disk, else a new one from the
+ * current issuing CA. Several processes may share the data directory and reload together, so the
+ * file may be half written or pair another process's key: such a file is passed over, and failing
+ * to save the new one only costs another issuance at the next start.
+ */
+async function serverCertificate(
+  files: FilePair,
+  inUse: KeyedCertificate | undefined,
+  signer: IssuingCa,
+  names: string[],
+  now: Date,
+  log: Logger,
+): Promise<KeyedCertificate> {
+  if (inUse && !serverCertificateFault(inUse, signer, names, now)) return inUse;
+  const stored = await readKeyed(files, ISSUING_CURVE).catch(() => undefined);
+  const fault = stored ? serverCertificateFault(stored, signer, names, now) : 'missing';
+  if (stored && !fault) return stored;
+  log.info({ file: files.cert, reason: fault, signer: signer.certificate.subject }, 'issuing a new server certificate');
+  const made = await createServer(signer, names, now);
+  await store(files, made).catch((error) =>
+    log.warn({ err: error, file: files.cert }, 'could not save the new server certificate; the next start issues another'),
+  );
+  return made;
+}
+
+/** The root and every issuing CA still trusted, newest first: the file relying parties verify with. */
+async function writeTrustBundle(dir: string): Promise<void> {
+  const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
+  const files = [...generations.map((g) => `${issuerFileName(g)}.crt`), 'root.crt'];
+  const pems = await Promise.all(files.map((name) => readFile(path.join(dir, name), 'utf8')));
+  await writeFileAtomically(path.join(dir, TRUST_BUNDLE), pems.map((pem) => pem.trim() + '\n').join(''));
+}
+
+/** Aside and renamed, under a name of this process's own, so a reader never sees half a file. */
+async function writeFileAtomically(file: string, contents: string): Promise<void> {
+  const aside = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(aside, contents, { mode: 0o644 });
+  await rename(aside, file);
 }
 
 async function createServer(issuing: IssuingCa, names: string[], now: Date): Promise<KeyedCertificate> {

@@ -41,6 +41,8 @@ export interface CertificateIdentity {
   notAfter: Date;
   /** For a superseded certificate: the end of its renewal overlap. */
   acceptUntil: Date | null;
+  /** The subject of the issuing CA that signed the certificate, so its sessions end when that CA is retired. */
+  issuer: string;
 }
 
 const INSERT_CERTIFICATE = `
@@ -49,7 +51,7 @@ const INSERT_CERTIFICATE = `
 
 const IDENTITY_COLUMNS = `
   c.device_id, d.status AS device_status, d.kind, d.role, d.batch, d.profile, c.serial, c.status AS certificate_status,
-  c.public_key_sha256, c.not_before, c.not_after, c.accept_until`;
+  c.public_key_sha256, c.not_before, c.not_after, c.accept_until, c.issuer`;
 
 const SELECT_IDENTITY_BY_FINGERPRINT = `
   SELECT ${IDENTITY_COLUMNS} FROM certificates c JOIN devices d ON d.id = c.device_id WHERE c.fingerprint = $1`;
@@ -59,10 +61,27 @@ export const SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE = `${SELECT_IDENTITY_BY_F
 const SELECT_CERTIFICATE = `
   SELECT ${CERTIFICATE_SUMMARY_COLUMNS}, device_id, issuer, pem FROM certificates WHERE serial = $1`;
 
+/**
+ * A certificate's revocation state at a moment ($2): the one reading OCSP and the CRL share, so they
+ * never disagree. Revoked as recorded; a superseded certificate whose overlap has ended (accept_until,
+ * when the broker stops accepting it) is revoked with reason superseded (4) from that moment, held or
+ * not, since revocation outranks a hold; a held one (its device suspended) is on certificateHold (6).
+ */
+const REVOCATION_STATE = `
+  CASE WHEN c.status = 'revoked' THEN 'revoked' WHEN c.accept_until <= $2 THEN 'revoked' ELSE c.status END AS status,
+  CASE WHEN c.status <> 'revoked' AND c.accept_until <= $2 THEN c.accept_until ELSE c.revoked_at END AS revoked_at,
+  CASE WHEN c.status <> 'revoked' AND c.accept_until <= $2 THEN 4 ELSE c.revocation_reason END AS revocation_reason`;
+
+const SELECT_STATUS_AT = `SELECT c.issuer, c.accept_until, ${REVOCATION_STATE} FROM certificates c WHERE c.serial = $1`;
+
 /** Held (suspended) certificates are listed too, with their certificateHold reason. */
-const SELECT_REVOKED = `
-  SELECT serial, revoked_at, revocation_reason FROM certificates
-  WHERE status IN ('revoked', 'suspended') AND issuer = $1 ORDER BY revoked_at, serial`;
+const SELECT_REVOKED_AT = `
+  SELECT serial, revoked_at, revocation_reason FROM (SELECT c.serial, ${REVOCATION_STATE} FROM certificates c WHERE c.issuer = $1) s
+  WHERE status IN ('revoked', 'suspended') ORDER BY revoked_at, serial`;
+
+/** When the next superseded certificate of this issuer reaches the end of its overlap, and so is revoked. */
+const SELECT_NEXT_OVERLAP_END = `
+  SELECT min(accept_until) AS at FROM certificates WHERE issuer = $1 AND status <> 'revoked' AND accept_until > $2`;
 
 const REVOKE_ONE = `
   UPDATE certificates SET status = 'revoked', revoked_at = $2, revocation_reason = $3
@@ -86,6 +105,7 @@ export const toIdentity = (r: Record<string, any>): CertificateIdentity => ({
   notBefore: r.not_before,
   notAfter: r.not_after,
   acceptUntil: r.accept_until,
+  issuer: r.issuer,
 });
 
 export async function findIdentityByFingerprint(q: Queryable, fingerprint: string): Promise<CertificateIdentity | undefined> {
@@ -136,15 +156,36 @@ export async function revokeCertificate(
   });
 }
 
-/** What `issuer` (an issuing CA's subject) has revoked or holds, for its CRL. */
-export async function revokedEntries(q: Queryable, issuer: string): Promise<{ serial: string; revokedAt: Date; reason: number }[]> {
-  const { rows } = await q.query(SELECT_REVOKED, [issuer]);
-  return rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.revocation_reason }));
+/** A certificate's revocation state at `at`, as OCSP tells it. */
+export interface CertificateStatusAt {
+  /** The issuing CA's subject. */
+  issuer: string;
+  status: CertificateStatus;
+  revokedAt: Date | null;
+  revocationReason: number | null;
+  /** For a superseded certificate still in its overlap: when it becomes revoked. */
+  acceptUntil: Date | null;
 }
 
-const NEXT_CRL_NUMBER = `SELECT nextval('crl_numbers') AS n`;
+export async function certificateStatusAt(q: Queryable, serial: string, at: Date): Promise<CertificateStatusAt | undefined> {
+  const { rows } = await q.query(SELECT_STATUS_AT, [serial.toLowerCase(), at]);
+  const r = rows[0];
+  if (!r) return undefined;
+  return { issuer: r.issuer, status: r.status, revokedAt: r.revoked_at, revocationReason: r.revocation_reason, acceptUntil: r.accept_until };
+}
 
-export async function nextCrlNumber(q: Queryable): Promise<number> {
-  const { rows } = await q.query(NEXT_CRL_NUMBER);
-  return Number(rows[0].n);
+export interface RevocationList {
+  entries: { serial: string; revokedAt: Date; reason: number }[];
+  /** When this list stops being true without any registry change: the next overlap to end. */
+  changesAt: Date | undefined;
+}
+
+/** What `issuer` (an issuing CA's subject) has revoked or holds at `at`, for its CRL. */
+export async function revocationList(q: Queryable, issuer: string, at: Date): Promise<RevocationList> {
+  const { rows } = await q.query(SELECT_REVOKED_AT, [issuer, at]);
+  const next = await q.query(SELECT_NEXT_OVERLAP_END, [issuer, at]);
+  return {
+    entries: rows.map((r) => ({ serial: r.serial, revokedAt: r.revoked_at, reason: r.revocation_reason })),
+    changesAt: next.rows[0]?.at ?? undefined,
+  };
 }

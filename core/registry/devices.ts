@@ -105,12 +105,20 @@ const SET_DEVICES_STATUS = `
 const EXPIRE_UNUSED_TOKENS = `
   UPDATE enrollment_tokens SET expires_at = $2 WHERE device_id = ANY($1::text[]) AND used_at IS NULL AND expires_at > $2`;
 
+/**
+ * Every certificate the device could still use goes on hold: the active one, and superseded ones
+ * still in their renewal overlap (the broker would accept them). A superseded one whose overlap has
+ * ended is already revoked (reason superseded) and stays so; an expired one proves nothing any more.
+ */
 const HOLD_CERTIFICATES = `
   UPDATE certificates SET status = 'suspended', revoked_at = $2, revocation_reason = 6
-  WHERE device_id = $1 AND status = 'active'`;
+  WHERE device_id = $1 AND not_after > $2
+    AND (status = 'active' OR (status = 'superseded' AND accept_until > $2))`;
 
+/** A held certificate goes back to what it was: superseded ones keep their overlap's end. */
 const RELEASE_CERTIFICATES = `
-  UPDATE certificates SET status = 'active', revoked_at = NULL, revocation_reason = NULL
+  UPDATE certificates SET status = CASE WHEN superseded_at IS NULL THEN 'active' ELSE 'superseded' END,
+    revoked_at = NULL, revocation_reason = NULL
   WHERE device_id = $1 AND status = 'suspended'`;
 
 export const toDevice = (r: Record<string, any>): Device => ({
@@ -315,8 +323,9 @@ async function lockOneDevice(tx: pg.PoolClient, deviceId: string): Promise<Devic
 }
 
 /**
- * Suspension is a reversible hold: the device is refused and its live sessions closed, its active
- * certificates are listed in the CRL as certificateHold, and resuming undoes all of it.
+ * Suspension is a reversible hold: the device is refused and its live sessions closed, every
+ * certificate it could still use is listed in the CRL and OCSP as certificateHold, and resuming
+ * undoes all of it.
  */
 export async function suspendDevice(pool: pg.Pool, input: { deviceId: string; actor: Actor; now: Date }): Promise<Device> {
   return inTransaction(pool, async (tx) => {

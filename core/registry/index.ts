@@ -3,6 +3,7 @@
 export * from './audit.js';
 export * from './certificates.js';
 export * from './changes.js';
+export * from './crls.js';
 export * from './change-feed.js';
 export * from './devices.js';
 export * from './enrollment.js';

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { inTransaction } from '../db/transaction.js';
+import { formatDuration } from '../duration.js';
 import { FleetError } from '../errors.js';
 import { type CertificateIdentity, type CertificateRecord, SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE, toIdentity } from './certificates.js';
 import { recordIssuance } from './issuance.js';
@@ -14,11 +15,13 @@ export interface RenewalRequest {
   allowKeyReuse: boolean;
   /** How long the old certificate stays accepted after renewal. */
   overlapMs: number;
+  /** How long after its expiry a certificate may still renew; 0 never. */
+  renewAfterExpiryMs: number;
   now: Date;
 }
 
 /** Why a presented certificate may not renew; the device must then be re-enrolled by an operator. */
-function refuseRenewal(identity: CertificateIdentity | undefined, now: Date): FleetError | undefined {
+function refuseRenewal(identity: CertificateIdentity | undefined, now: Date, renewAfterExpiryMs: number): FleetError | undefined {
   const reenroll = 'an operator must re-enroll the device (fleet device reenroll)';
   if (!identity) return new FleetError('certificate_unknown', 401, `the client certificate is not in the registry; ${reenroll}`);
   if (identity.certificateStatus === 'revoked' || identity.deviceStatus === 'revoked') {
@@ -30,8 +33,12 @@ function refuseRenewal(identity: CertificateIdentity | undefined, now: Date): Fl
   if (identity.certificateStatus === 'superseded') {
     return new FleetError('certificate_superseded', 409, 'this certificate was already renewed; renew with the newest certificate');
   }
-  if (identity.notAfter.getTime() <= now.getTime()) {
-    return new FleetError('certificate_expired', 401, `the client certificate expired at ${identity.notAfter.toISOString()}; ${reenroll}`);
+  // Past here the certificate is active, so never revoked and the newest of its device: enrollment
+  // and renewal supersede every other one. Such a certificate may renew within the grace after expiry.
+  const late = now.getTime() - identity.notAfter.getTime();
+  if (late >= 0 && !(renewAfterExpiryMs > 0 && late <= renewAfterExpiryMs)) {
+    const grace = renewAfterExpiryMs > 0 ? `, longer ago than renewal after expiry allows (${formatDuration(renewAfterExpiryMs)})` : '';
+    return new FleetError('certificate_expired', 401, `the client certificate expired at ${identity.notAfter.toISOString()}${grace}; ${reenroll}`);
   }
   return undefined;
 }
@@ -49,7 +56,7 @@ export async function renewCertificate(
   return inTransaction(pool, async (tx) => {
     const row = (await tx.query(SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE, [request.fingerprint])).rows[0];
     const identity = row ? toIdentity(row) : undefined;
-    const refusal = refuseRenewal(identity, request.now);
+    const refusal = refuseRenewal(identity, request.now, request.renewAfterExpiryMs);
     if (refusal) throw refusal;
     const { deviceId, serial: previousSerial } = identity!;
     if (!request.allowKeyReuse && (await tx.query(KEY_USED_BEFORE, [deviceId, request.newKeySha256])).rowCount) {

@@ -2,7 +2,7 @@ import { Hono } from 'hono';
 import { FleetError } from '../../core/errors.js';
 import type { IssuingCa } from '../../core/pki/authority.js';
 import type { ProvisioningDeps } from '../deps.js';
-import { crlPublisher } from '../crl.js';
+import { crlPem, crlPublisher } from '../crl.js';
 
 /**
  * The trust anchors and CRLs: public by nature, served without authentication. Each issuing CA is
@@ -30,7 +30,7 @@ export function pkiRoutes(deps: ProvisioningDeps) {
   );
   app.get('/pki/crl', async (c) => c.body(await crlDer(deps.ca.current), 200, { 'content-type': 'application/pkix-crl' }));
   app.get('/pki/crl.pem', async (c) =>
-    c.body((await crlOf(deps.ca.current)).toString('pem') + '\n', 200, { 'content-type': 'application/x-pem-file' }),
+    c.body(crlPem(await crlOf(deps.ca.current)), 200, { 'content-type': 'application/x-pem-file' }),
   );
   app.get('/pki/crl/:keyId{[0-9a-fA-F]+}', async (c) =>
     c.body(await crlDer(issuerNamed(c.req.param('keyId'))), 200, { 'content-type': 'application/pkix-crl' }),

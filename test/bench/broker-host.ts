@@ -52,6 +52,7 @@ async function hostFleet(where: FleetPlace): Promise<{ hosted: Hosted; reply: Ho
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     // Every simulated device connects from 127.0.0.1; the per-address limit is for the real world.
     FLEET_BROKER_CONNECT_RATE: '1000000',

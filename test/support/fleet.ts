@@ -11,6 +11,7 @@ import { type FleetHooks, type RunningFleet, startFleet } from '../../cli/start.
 import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';
+import type { ManualTime } from './time.js';
 
 /**
  * A database of the test's own: on DATABASE_URL's server a fresh database created now and dropped at
@@ -69,11 +70,24 @@ export interface TestFleet {
   /** Writes a file under the test's data directory (for openssl and curl) and returns its path. */
   file(name: string, content: string | Buffer): Promise<string>;
   enroll(deviceId: string): Promise<EnrolledDevice>;
+  /** Registers a backend service identity with a policy role (fleet-reader, fleet-commander…) and enrolls it. */
+  enrollService(serviceId: string, role: string): Promise<EnrolledDevice>;
+  /** Stops the fleet, runs `between` (say, CLI work on the stopped data directory), and starts it again on the same data and database. */
+  restart(between?: () => Promise<void>): Promise<void>;
   close(): Promise<void>;
 }
 
 export async function startTestFleet(
-  options: { env?: Record<string, string>; clock?: () => Date; log?: Logger; databaseUrl?: string; hooks?: FleetHooks } = {},
+  options: {
+    env?: Record<string, string>;
+    clock?: () => Date;
+    /** Time the test moves by hand: the fleet's clock and its deadline scheduler both run on it. */
+    time?: ManualTime;
+    log?: Logger;
+    databaseUrl?: string;
+    /** What the fleet leaves to its caller beside the configuration (when the change feed reconnects). */
+    hooks?: FleetHooks;
+  } = {},
 ): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
   const database = options.databaseUrl ? { url: options.databaseUrl, drop: async () => {} } : await testDatabase();
@@ -82,14 +96,19 @@ export async function startTestFleet(
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
     FLEET_METRICS_PORT: '0',
+    FLEET_PKI_HTTP_PORT: '0',
     FLEET_LISTEN_HOST: '127.0.0.1',
     ...(database.url ? { DATABASE_URL: database.url } : {}),
     ...options.env,
   });
-  const fleet = await startFleet(config, options.log ?? silentLogger(), options.clock, options.hooks);
+  // A restart below keeps the same time and hooks, so deadlines and admission go on from where they were.
+  const clock = options.time?.clock ?? options.clock;
+  const scheduler = options.time?.scheduler;
+  const start = () => startFleet(config, options.log ?? silentLogger(), clock, scheduler, options.hooks);
+  let fleet = await start();
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
-  const apiUrl = `https://localhost:${fleet.api.port}`;
+  let apiUrl = `https://localhost:${fleet.api.port}`;
 
   const api: TestFleet['api'] = (method, pathname, o = {}) => {
     const headers: Record<string, string> = { ...o.headers };
@@ -108,12 +127,17 @@ export async function startTestFleet(
     return res.json.enrollmentToken as string;
   };
 
-  const enroll = async (deviceId: string): Promise<EnrolledDevice> => {
-    const token = await register(deviceId);
+  const enrollWithToken = async (deviceId: string, token: string): Promise<EnrolledDevice> => {
     const identity = await createDeviceIdentity(deviceId);
     const res = await api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem } });
     if (res.status !== 201) throw new Error(`enrolling ${deviceId} failed: ${res.status} ${res.text}`);
     return { identity, certificatePem: res.json.certificate, chainPem: res.json.chain, serial: res.json.serial };
+  };
+  const enroll = async (deviceId: string) => enrollWithToken(deviceId, await register(deviceId));
+  const enrollService = async (serviceId: string, role: string) => {
+    const res = await api('POST', '/v1/services', { token: admin.token, json: { id: serviceId, role } });
+    if (res.status !== 201) throw new Error(`registering service ${serviceId} failed: ${res.status} ${res.text}`);
+    return enrollWithToken(serviceId, res.json.enrollmentToken);
   };
 
   let files = 0;
@@ -123,7 +147,7 @@ export async function startTestFleet(
     return p;
   };
 
-  return {
+  const testFleet: TestFleet = {
     fleet,
     config,
     file,
@@ -134,10 +158,18 @@ export async function startTestFleet(
     api,
     register,
     enroll,
+    enrollService,
+    async restart(between) {
+      await fleet.close();
+      await between?.();
+      fleet = testFleet.fleet = await start();
+      testFleet.apiUrl = apiUrl = `https://localhost:${fleet.api.port}`;
+    },
     async close() {
       await fleet.close();
       await database.drop();
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+  return testFleet;
 }
