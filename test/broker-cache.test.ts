@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { ensureDataDir } from '../core/db/database.js';
 import { type EmbeddedDatabase, openEmbeddedDatabase } from '../core/db/embedded.js';
@@ -10,6 +9,7 @@ import { silentLogger } from '../core/log.js';
 import { resumeDevice, suspendDevice } from '../core/registry/index.js';
 import { connectDevice } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
+import { eventually } from './support/wait.js';
 
 /**
  * The broker's identity cache through the real broker: a small FLEET_BROKER_CACHE_SIZE, and the
@@ -48,18 +48,13 @@ async function attempt(deviceId: string): Promise<'connected' | 'refused'> {
   return session.outcome;
 }
 
-async function until(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 300 && !check(); i++) await sleep(50);
-  assert.ok(check(), `never happened: ${what}`);
-}
-
 const unavailable = () => t.fleet.broker.refusals.get('registry_unavailable') ?? 0;
 
 test('past the cache size the least recently used identity is evicted and looked up again', async () => {
   for (const id of ['cache-a', 'cache-b', 'cache-c']) assert.equal(await attempt(id), 'connected');
   // Cached now: b and c. a was evicted when c came in.
   await database.stop();
-  await until(() => !t.fleet.changes.live, 'the broker noticed the database is gone');
+  await eventually(() => !t.fleet.changes.live, 'the broker noticed the database is gone');
   const before = unavailable();
   assert.equal(await attempt('cache-a'), 'refused', 'the evicted identity needs the registry, which is down');
   assert.equal(unavailable(), before + 1);
@@ -78,16 +73,16 @@ test('after the stale grace, a cached identity is refused too', async () => {
 
 test('with the registry back, an evicted identity is read again and reflects what changed meanwhile', async () => {
   database = await openEmbeddedDatabase(dir, silentLogger(), { port: Number(new URL(database.url).port) });
-  await until(() => t.fleet.changes.live, 'the feed came back');
+  await eventually(() => t.fleet.changes.live, 'the feed came back');
   const heard: string[] = [];
   t.fleet.changes.onChange((change) => heard.push(`${change.deviceId} ${change.kind}`));
   const actor = { deviceId: 'cache-a', actor: 'test', now: new Date() };
   await suspendDevice(t.fleet.db.pool, actor);
-  await until(() => heard.includes('cache-a device_suspended'), 'the broker heard of the suspension');
+  await eventually(() => heard.includes('cache-a device_suspended'), 'the broker heard of the suspension');
   const suspended = t.fleet.broker.refusals.get('suspended') ?? 0;
   assert.equal(await attempt('cache-a'), 'refused');
   assert.equal(t.fleet.broker.refusals.get('suspended') ?? 0, suspended + 1, 'refused as suspended: read from the registry');
   await resumeDevice(t.fleet.db.pool, actor);
-  await until(() => heard.includes('cache-a device_resumed'), 'the broker heard of the resumption');
+  await eventually(() => heard.includes('cache-a device_resumed'), 'the broker heard of the resumption');
   assert.equal(await attempt('cache-a'), 'connected');
 });

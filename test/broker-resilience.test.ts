@@ -3,7 +3,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { ensureDataDir } from '../core/db/database.js';
 import { type EmbeddedDatabase, openEmbeddedDatabase } from '../core/db/embedded.js';
@@ -11,9 +10,11 @@ import { silentLogger } from '../core/log.js';
 import pg from 'pg';
 import { CONNECTIONS } from '../core/db/database.js';
 import { recordChange, type RegistryChange, resumeDevice, revokeCertificate, revokeDevice, suspendDevice } from '../core/registry/index.js';
-import { capturedLog, cutChangeFeed, ReconnectGate } from './support/feed.js';
+import { cutChangeFeed, ReconnectGate } from './support/feed.js';
+import { capturedLog } from './support/log.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
+import { eventually } from './support/wait.js';
 
 /**
  * These tests stop and start PostgreSQL under a running broker, so they run on an embedded server of
@@ -49,23 +50,18 @@ after(async () => {
 const tlsOf = (d: EnrolledDevice) => ({ ca: t.rootPem, cert: d.certificatePem, key: d.identity.keyPem });
 const port = () => t.fleet.broker.port;
 
-async function until(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 300 && !check(); i++) await sleep(50);
-  assert.ok(check(), `never happened: ${what}`);
-}
-
 /** Cuts the feed and keeps it down until `whileDown` has run; resolves once it is live again. */
 async function withFeedDown(whileDown: () => Promise<void>): Promise<void> {
-  await until(() => t.fleet.changes.live, 'the feed is live');
+  await eventually(() => t.fleet.changes.live, 'the feed is live');
   gate.close();
   assert.equal(await cutChangeFeed(t.fleet.db.pool), 1, 'the feed had one connection to cut');
-  await until(() => !t.fleet.changes.live, 'the broker noticed the feed is gone');
+  await eventually(() => !t.fleet.changes.live, 'the broker noticed the feed is gone');
   try {
     await whileDown();
   } finally {
     gate.open();
   }
-  await until(() => t.fleet.changes.live, 'the feed came back');
+  await eventually(() => t.fleet.changes.live, 'the feed came back');
 }
 
 const deliveredFor = (deviceId: string) => delivered.filter((change) => change.deviceId === deviceId);
@@ -99,7 +95,7 @@ test('a replay after reconnecting delivers nothing twice: a resumed device keeps
   const actor = { actor: 'test', now: new Date() };
   await suspendDevice(t.fleet.db.pool, { deviceId: 'redeliver-1', ...actor });
   await resumeDevice(t.fleet.db.pool, { deviceId: 'redeliver-1', ...actor });
-  await until(() => deliveredFor('redeliver-1').length === 2, 'the broker heard of both');
+  await eventually(() => deliveredFor('redeliver-1').length === 2, 'the broker heard of both');
   const session = await connectDevice(port(), 'redeliver-1', tlsOf(device));
   assert.equal(session.outcome, 'connected');
 
@@ -140,7 +136,7 @@ test('changes that cannot be replayed drop the identity cache, and the log says 
   // The last change the broker delivered before the cut is one of gap-1's.
   await suspendDevice(t.fleet.db.pool, { deviceId: 'gap-1', actor: 'test', now: new Date() });
   await resumeDevice(t.fleet.db.pool, { deviceId: 'gap-1', actor: 'test', now: new Date() });
-  await until(() => deliveredFor('gap-1').length === 2, 'the broker heard of both');
+  await eventually(() => deliveredFor('gap-1').length === 2, 'the broker heard of both');
   const warm = await connectDevice(port(), 'gap-1', tlsOf(device));
   assert.equal(warm.outcome, 'connected', 'now cached as active');
   await warm.client.endAsync();
@@ -169,14 +165,6 @@ async function waitingLookups(admin: pg.Client): Promise<number> {
   return rows[0].n;
 }
 
-async function eventually(check: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    if (await check()) return;
-    await sleep(20);
-  }
-  assert.fail(`never happened: ${what}`);
-}
-
 test('a lookup raced by a change at every attempt is refused as registry_unavailable, never admitted', async () => {
   const device = await t.enroll('race-1');
   const others = [await t.enroll('race-other-1'), await t.enroll('race-other-2'), await t.enroll('race-other-3')];
@@ -201,7 +189,7 @@ test('a lookup raced by a change at every attempt is refused as registry_unavail
       }
       const epoch = t.fleet.changes.epoch;
       await revokeCertificate(t.fleet.db.pool, { serial: others[i]!.serial, reason: 'superseded', actor: 'test', now: new Date() });
-      await until(() => t.fleet.changes.epoch > epoch, `change ${i + 1} delivered`);
+      await eventually(() => t.fleet.changes.epoch > epoch, `change ${i + 1} delivered`);
       await lockers[i]!.query('COMMIT');
     }
     const outcome = await attempt;
@@ -238,7 +226,7 @@ test('a lookup stuck behind a lock is refused within the lock timeout, not left 
     const attempt = await connectDevice(port(), 'stuck-1', tlsOf(device));
     attempt.client.end(true);
     assert.equal(attempt.outcome, 'refused');
-    await until(() => (t.fleet.broker.refusals.get('registry_unavailable') ?? 0) > before, 'the lookup gave up while the lock is still held');
+    await eventually(() => (t.fleet.broker.refusals.get('registry_unavailable') ?? 0) > before, 'the lookup gave up while the lock is still held');
   } finally {
     await locker.query('ROLLBACK');
     await locker.end();
@@ -276,7 +264,7 @@ test('PostgreSQL restarted under connected devices: sessions stay, cached device
 
   const { port: dbPort } = new URL(database.url);
   await database.stop();
-  await until(() => !t.fleet.changes.live, 'the broker noticed the database is gone');
+  await eventually(() => !t.fleet.changes.live, 'the broker noticed the database is gone');
 
   assert.ok(heldSession.client.connected, 'an admitted device stays connected');
   const fromCache = await connectDevice(port(), 'restart-cached', tlsOf(cached));
@@ -295,7 +283,7 @@ test('PostgreSQL restarted under connected devices: sessions stay, cached device
   assert.equal(revoked.status, 200, revoked.text);
   await heldClosed;
   heldSession.client.end(true);
-  await until(() => t.fleet.changes.live, 'the feed came back');
+  await eventually(() => t.fleet.changes.live, 'the feed came back');
 
   const revokedAgain = await connectDevice(port(), 'restart-held', tlsOf(held));
   assert.equal(revokedAgain.outcome, 'refused', 'no revoked device is admitted afterwards');

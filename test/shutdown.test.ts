@@ -14,6 +14,7 @@ import { createDeviceIdentity } from '../device-sim/identity.js';
 import { httpsRequest } from './support/http.js';
 import { connectDevice } from './support/mqtt.js';
 import { run } from './support/openssl.js';
+import { eventually } from './support/wait.js';
 
 const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 
@@ -105,14 +106,6 @@ async function presenceOf(deviceId: string): Promise<{ connected: boolean; lastS
   }
 }
 
-async function until(check: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await sleep(50);
-  }
-  assert.fail(`never happened: ${what}`);
-}
-
 let devices = 0;
 
 /** Registers (CLI beside the running server), enrolls (API) and connects (MQTT) a device, and waits until the registry shows it connected. */
@@ -135,7 +128,7 @@ async function connectOne(fleet: Started) {
   const joined = await openEmbeddedDatabase(dataDir, silentLogger());
   const client = new pg.Client({ connectionString: joined.url });
   await client.connect();
-  await until(async () => (await client.query('SELECT connected FROM devices WHERE id = $1', [deviceId])).rows[0].connected, 'presence recorded');
+  await eventually(async () => (await client.query('SELECT connected FROM devices WHERE id = $1', [deviceId])).rows[0].connected, 'presence recorded');
   await client.end();
   return { deviceId, session };
 }
@@ -152,7 +145,7 @@ async function stopsCleanly(how: 'node' | 'npm', deliver: (child: ChildProcess) 
   session.client.end(true);
   assert.equal(code, 0, fleet.output());
   assert.doesNotMatch(fleet.output(), /could not record presence/);
-  await until(async () => tree.every((pid) => !isAlive(pid)), 'every process it started has exited');
+  await eventually(async () => tree.every((pid) => !isAlive(pid)), 'every process it started has exited');
   assert.equal(existsSync(path.join(dataDir, 'postgres', 'postmaster.pid')), false, 'PostgreSQL shut down cleanly');
 
   const presence = await presenceOf(deviceId);

@@ -1,7 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { CONNECTIONS } from '../../core/db/database.js';
-import { createLogger, type Logger } from '../../core/log.js';
 
 /**
  * Decides when the change feed may reconnect: while closed, a reconnect waits, so a test knows a
@@ -33,11 +32,4 @@ export async function cutChangeFeed(pool: pg.Pool): Promise<number> {
     CONNECTIONS.changeFeed.applicationName,
   ]);
   return rowCount ?? 0;
-}
-
-/** A logger whose JSON lines a test can read back. */
-export function capturedLog(): { log: Logger; lines: () => Record<string, unknown>[] } {
-  const lines: string[] = [];
-  const log = createLogger('info', { write: (line: string) => void lines.push(line) });
-  return { log, lines: () => lines.map((line) => JSON.parse(line) as Record<string, unknown>) };
 }
