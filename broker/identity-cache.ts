@@ -32,6 +32,12 @@ export class IdentityCache {
     while (this.#entries.size > this.capacity) this.#drop(this.#entries.keys().next().value!);
   }
 
+  /** Forgets everything: the registry's history was lost, so nothing learnt from it can be trusted. */
+  clear(): void {
+    this.#entries.clear();
+    this.#byDevice.clear();
+  }
+
   forgetDevice(deviceId: string): void {
     for (const fingerprint of this.#byDevice.get(deviceId) ?? []) this.#drop(fingerprint);
   }

@@ -1,5 +1,7 @@
 import { once } from 'node:events';
 import http from 'node:http';
+import type { Logger } from '../core/log.js';
+import { logServerErrors } from '../core/server-errors.js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 export type DeniedAction = 'publish' | 'subscribe';
@@ -105,7 +107,7 @@ export interface MetricsServer {
  * Serves GET /metrics over plain HTTP for a local Prometheus. Plain on purpose: it carries counts,
  * no identities, and binds to loopback unless told otherwise (FLEET_METRICS_HOST).
  */
-export async function startMetricsServer(registry: Registry, options: { host: string; port: number }): Promise<MetricsServer> {
+export async function startMetricsServer(registry: Registry, options: { host: string; port: number; log: Logger }): Promise<MetricsServer> {
   const server = http.createServer((req, res) => {
     const pathname = new URL(req.url ?? '/', 'http://metrics').pathname;
     if (pathname !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
@@ -119,6 +121,7 @@ export async function startMetricsServer(registry: Registry, options: { host: st
   });
   server.listen(options.port, options.host);
   await once(server, 'listening');
+  logServerErrors(server, options.log, 'metrics');
   return {
     port: (server.address() as { port: number }).port,
     async close() {

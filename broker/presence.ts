@@ -1,7 +1,7 @@
 import type { Aedes } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
-import { type PresenceUpdate, recordPresence } from '../core/registry/index.js';
+import { type PresenceUpdate, recordAllDisconnected, recordPresence } from '../core/registry/index.js';
 import { FLEET_TOPIC_ROOT } from './policy.js';
 
 export interface PresenceOptions {
@@ -55,9 +55,16 @@ export function presenceTracker(o: PresenceOptions) {
     connected: (deviceId: string, serial: string, peerAddress: string | null) => record(deviceId, serial, true, peerAddress),
     disconnected: (deviceId: string, serial: string) => record(deviceId, serial, false, null),
     flush,
+    /** At shutdown, once every session is closed: writes what is pending, then every device offline. */
     async close() {
       clearInterval(timer);
       await flush();
+      try {
+        const devices = await recordAllDisconnected(o.pool, o.clock());
+        o.log.info({ devices }, 'recorded every device offline');
+      } catch (error) {
+        o.log.warn({ err: error }, 'could not record presence at shutdown; the next start clears it');
+      }
     },
   };
 }

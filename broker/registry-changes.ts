@@ -16,9 +16,14 @@ export interface RegistryChangeDeps {
   log: Logger;
 }
 
-/** What each registry change does to the broker: drops the device's cached identities and ends what it takes away. */
+/**
+ * What each registry change does to the broker: drops the device's cached identities and ends what
+ * it takes away. When changes were lost and cannot be replayed, nothing cached can be trusted: the
+ * whole cache goes, so each certificate is read again.
+ */
 export function followRegistryChanges(deps: RegistryChangeDeps): void {
   const { sessions, log } = deps;
+  deps.changes.onGap(() => deps.cache.clear());
 
   /** A superseded certificate keeps its session until the overlap ends: read the new deadline. */
   const refreshSessions = async (deviceId: string, serial: string | null) => {

@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import { Aedes } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
+import { logServerErrors } from '../core/server-errors.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import { type ChangeFollower, forgetConnections } from '../core/registry/index.js';
 import type { Refusal } from './admission.js';
@@ -23,6 +24,7 @@ import { DeviceSessions } from './sessions.js';
 import type { Scheduler } from '../core/scheduler.js';
 
 export interface BrokerDeps {
+  /** The broker's own connections (identity lookups, presence), apart from the API's. */
   pool: pg.Pool;
   metrics: BrokerMetrics;
   /** Registry changes (revocations) as they commit. */
@@ -138,6 +140,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw error;
   }
+  logServerErrors(front, log, 'MQTT broker');
   const port = (front.address() as { port: number }).port;
   log.info({ port }, 'MQTT broker listening (mTLS)');
 

@@ -30,6 +30,7 @@ import {
 import { parseDuration } from '../core/duration.js';
 import { bulkFromCsv, tokensAsCsv } from '../provisioning/api/bulk.js';
 import { registerSimCommand } from '../device-sim/cli.js';
+import { stopOnSignals } from './shutdown.js';
 import { startSimBackend } from './sim-backend.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
@@ -57,7 +58,10 @@ export function registerCommands(program: Command): void {
     .action(async () => {
       const config = loadConfig();
       const log = createLogger(config.logLevel);
-      const fleet = await startFleet(config, log);
+      // Signals are handled from the start: one during startup stops what has started, database included.
+      const starting = startFleet(config, log);
+      stopOnSignals(async () => (await starting).close(), log);
+      const fleet = await starting;
       explain(
         [
           '',
@@ -71,13 +75,6 @@ export function registerCommands(program: Command): void {
           '',
         ].join('\n'),
       );
-      const stop = async (signal: string) => {
-        log.info({ signal }, 'shutting down');
-        await fleet.close();
-        process.exit(0);
-      };
-      process.once('SIGINT', () => void stop('SIGINT'));
-      process.once('SIGTERM', () => void stop('SIGTERM'));
     });
 
   const token = program.command('token').description('operator API tokens');

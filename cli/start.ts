@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
+import { type ChangeFeedOptions, type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
@@ -27,12 +27,19 @@ export interface RunningFleet {
   close(): Promise<void>;
 }
 
+/** What a caller (a test) may decide beside the configuration. */
+export interface FleetHooks {
+  /** When the change feed reconnects after losing its connection; a timer with backoff by default. */
+  waitToReconnect?: ChangeFeedOptions['waitToReconnect'];
+}
+
 /** Database, CA, provisioning API and broker in one process: what `fleet start` runs. */
 export async function startFleet(
   config: FleetConfig,
   log: Logger,
   clock: () => Date = () => new Date(),
   scheduler: Scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a session deadline failed') }),
+  hooks: FleetHooks = {},
 ): Promise<RunningFleet> {
   await ensureDataDir(config.dataDir);
   const db = await openDatabase(config, log);
@@ -47,13 +54,18 @@ export async function startFleet(
     warnAboutCaKeys(keyStore, config, log);
     const policy = policyFromConfig(config);
     const metrics = createBrokerMetrics();
-    const metricsServer = await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort });
+    const metricsServer = await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort, log });
     started.push(metricsServer);
-    const changes = followRegistryChanges({ url: db.url, log });
+    const changes = followRegistryChanges({
+      connection: db.changeFeedConnection,
+      log,
+      now: () => clock().getTime(),
+      waitToReconnect: hooks.waitToReconnect,
+    });
     started.push(changes);
     await changes.ready;
     const broker = await startBroker(
-      { pool: db.pool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
       {
         host: config.listenHost,
         port: config.brokerPort,

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import { limitConnections, serverTimeouts } from '../core/http/server-limits.js';
 import { secureContextOptions } from '../core/pki/tls.js';
+import { logServerErrors } from '../core/server-errors.js';
 import { apiDeps, createPkiApp, createProvisioningApp, signedObjectRoutes } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
 
@@ -60,6 +61,8 @@ export async function startProvisioningApi(
   server.listen(options.port, options.host);
   servers[1]?.listen(options.pkiHttpPort, options.host);
   for (const s of servers) if (!s.listening) await once(s, 'listening');
+  logServerErrors(server, deps.log, 'provisioning API');
+  if (servers[1]) logServerErrors(servers[1], deps.log, 'PKI HTTP');
   const port = (server.address() as AddressInfo).port;
   const pkiHttpPort = servers[1] ? (servers[1].address() as AddressInfo).port : undefined;
   deps.log.info({ port, pkiHttpPort }, 'provisioning API listening (HTTPS; signed objects over HTTP too)');

@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { createDeviceIdentity } from '../device-sim/identity.js';
-import { createLogger } from '../core/log.js';
 import { x509 } from '../core/pki/x509.js';
 import type { Refusal } from '../broker/admission.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
+import { capturingLogger } from './support/log.js';
 import { manualTime } from './support/time.js';
+import { eventually } from './support/wait.js';
 
 /**
  * Sessions end by themselves at their certificate's expiry or at the end of a renewal overlap. The
@@ -17,18 +17,14 @@ import { manualTime } from './support/time.js';
  * issued before the clock moves (in `before`): it is then valid in real time for the whole run.
  */
 const time = manualTime();
-const closedByBroker: { deviceId: string; reason: string }[] = [];
+const fleetLog = capturingLogger();
+const closedByBroker = () =>
+  fleetLog.lines().filter((entry) => entry.msg === 'session closed by the broker').map((entry) => ({ deviceId: entry.deviceId, reason: entry.reason }));
 let t: TestFleet;
 const devices = new Map<string, EnrolledDevice>();
 
 before(async () => {
-  const log = createLogger('info', {
-    write(line: string) {
-      const entry = JSON.parse(line);
-      if (entry.msg === 'session closed by the broker') closedByBroker.push({ deviceId: entry.deviceId, reason: entry.reason });
-    },
-  });
-  t = await startTestFleet({ time, log, env: { FLEET_CERT_LIFETIME: '90d', FLEET_RENEWAL_OVERLAP: '1h' } });
+  t = await startTestFleet({ time, log: fleetLog.log, env: { FLEET_CERT_LIFETIME: '90d', FLEET_RENEWAL_OVERLAP: '1h' } });
   const token = await t.register('short-lived');
   const identity = await createDeviceIdentity('short-lived');
   const res = await t.api('POST', '/v1/enrollments', { json: { token, csr: identity.csrPem, lifetime: '1h' } });
@@ -71,7 +67,7 @@ async function assertEndsAt(client: MqttClient, deviceId: string, deadline: numb
   time.advanceTo(deadline);
   assert.equal(t.fleet.broker.sessions.count(deviceId), 0, 'ended when the deadline was reached');
   assert.deepEqual(
-    closedByBroker.filter((c) => c.deviceId === deviceId),
+    closedByBroker().filter((c) => c.deviceId === deviceId),
     [{ deviceId, reason }],
   );
   await closed(client);
@@ -86,15 +82,6 @@ async function assertRefused(deviceId: string, reason: Refusal): Promise<void> {
   // Valid by the real clock, so TLS lets it through and the broker's clock refuses it at CONNECT.
   assert.equal(again.connack, 5, 'CONNACK 0x05: not authorized');
   assert.equal(t.fleet.broker.refusals.get(reason), before + 1, `refused as ${reason}`);
-}
-
-/** Polls a condition the broker reaches on its own (a registry change it follows); bounded, not timed. */
-async function eventually(check: () => boolean, what: string, tries = 100): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (check()) return;
-    await sleep(100);
-  }
-  assert.fail(`never happened: ${what}`);
 }
 
 describe('session deadlines', () => {

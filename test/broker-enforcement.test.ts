@@ -12,6 +12,7 @@ import { retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
 import { announceCaChange } from '../core/registry/index.js';
 import { closed, connectDevice, nextMessage } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
+import { eventually } from './support/wait.js';
 
 let t: TestFleet;
 const policy = {
@@ -28,15 +29,6 @@ after(() => t?.close());
 
 const tlsOf = (d: EnrolledDevice) => ({ ca: t.rootPem, cert: d.certificatePem, key: d.identity.keyPem });
 const port = () => t.fleet.broker.port;
-
-/** Polls a condition the system reaches on its own (a batched write, a timer); bounded, not timed. */
-async function eventually(check: () => Promise<boolean> | boolean, what: string, tries = 100): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (await check()) return;
-    await sleep(100);
-  }
-  assert.fail(`never happened: ${what}`);
-}
 
 async function enrollWith(id: string, body: Record<string, unknown>): Promise<EnrolledDevice> {
   const identity = await createDeviceIdentity(id);

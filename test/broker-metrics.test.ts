@@ -2,13 +2,14 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { createBrokerMetrics, type MetricsServer, startMetricsServer, type BrokerMetrics } from '../broker/metrics.js';
 import { loadConfig } from '../core/config.js';
+import { silentLogger } from '../core/log.js';
 import { parseExposition, sampleValue } from './support/prometheus.js';
 
 let metrics: BrokerMetrics;
 let server: MetricsServer;
 before(async () => {
   metrics = createBrokerMetrics();
-  server = await startMetricsServer(metrics.registry, { host: '127.0.0.1', port: 0 });
+  server = await startMetricsServer(metrics.registry, { host: '127.0.0.1', port: 0, log: silentLogger() });
 });
 after(() => server?.close());
 
@@ -98,7 +99,7 @@ describe('several fleets in one process', () => {
   test('two metrics servers run side by side and stop cleanly', async () => {
     const other = createBrokerMetrics();
     other.refused('expired');
-    const otherServer = await startMetricsServer(other.registry, { host: '127.0.0.1', port: 0 });
+    const otherServer = await startMetricsServer(other.registry, { host: '127.0.0.1', port: 0, log: silentLogger() });
     try {
       assert.notEqual(otherServer.port, server.port);
       const text = await (await fetch(`http://127.0.0.1:${otherServer.port}/metrics`)).text();

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { caKeyStore, type RunningFleet, startFleet } from '../cli/start.js';
@@ -13,6 +12,7 @@ import { closed, connectDevice } from './support/mqtt.js';
 import { openssl, run } from './support/openssl.js';
 import { parseExposition } from './support/prometheus.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
+import { eventually } from './support/wait.js';
 
 let t: TestFleet;
 before(async () => {
@@ -27,8 +27,7 @@ const keyIdOf = (pem: string) => new x509.X509Certificate(pem).getExtension(x509
 
 /** Waits for the running fleet to take up the rotation it was told about (bounded, not timed). */
 async function untilGeneration(generation: number): Promise<void> {
-  for (let i = 0; i < 100 && t.fleet.ca.current.generation !== generation; i++) await sleep(50);
-  assert.equal(t.fleet.ca.current.generation, generation, 'the fleet reloaded the CA');
+  await eventually(() => t.fleet.ca.current.generation === generation, 'the fleet reloaded the CA');
 }
 
 async function crlFor(keyId: string): Promise<string> {
@@ -124,12 +123,6 @@ async function assertServersVerify(fleet: RunningFleet, device: EnrolledDevice, 
   await session.client.endAsync();
 }
 
-/** Bounded polling for a state another process brings about (not a timing assertion: the bound is generous). */
-async function until(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 600 && !check(); i++) await sleep(50);
-  assert.ok(check(), what);
-}
-
 const trustFileOf = (dataDir: string) => readFile(path.join(dataDir, 'pki', 'trust.pem'), 'utf8');
 const subjectsIn = (pem: string) => pem.split(/(?<=-----END CERTIFICATE-----)/).filter((p) => p.includes('BEGIN')).map((p) => new x509.X509Certificate(p.trim()).subject);
 
@@ -162,7 +155,7 @@ describe('rotation and retirement without an outage, in every running process', 
     assert.deepEqual(subjectsIn(await trustFileOf(t.dataDir)).slice(0, 2), [made.certificate.subject, t.fleet.ca.issuing.subject], 'rotate itself rewrites data/pki/trust.pem');
     await announceCaChange(t.fleet.db.pool);
     await untilGeneration(made.generation);
-    await until(() => peer.ca.current.generation === made.generation, 'the second process reloaded the CA');
+    await eventually(() => peer.ca.current.generation === made.generation, 'the second process reloaded the CA');
     const current = new RegExp(`Issuing CA ${made.generation}\\b`);
     const fresh = await t.enroll('retire-new');
     for (const fleet of [t.fleet, peer]) await assertServersVerify(fleet, fresh, current, 'after rotate');
@@ -176,7 +169,7 @@ describe('rotation and retirement without an outage, in every running process', 
     await Promise.all([closed(liveA.client), closed(liveB.client)]);
     assert.equal(await metric(t.fleet.metricsPort, 'fleet_broker_retirement_closed_sessions_total'), 1);
     assert.equal(await metric(peer.metricsPort, 'fleet_broker_retirement_closed_sessions_total'), 1);
-    await until(() => t.fleet.ca.issuers.length === peer.ca.issuers.length && subjectsIn(t.fleet.ca.trustPem).join() === subjectsIn(trustFile).join(), 'both processes dropped the retired CA');
+    await eventually(() => t.fleet.ca.issuers.length === peer.ca.issuers.length && subjectsIn(t.fleet.ca.trustPem).join() === subjectsIn(trustFile).join(), 'both processes dropped the retired CA');
     for (const fleet of [t.fleet, peer]) await assertServersVerify(fleet, fresh, current, 'after retire');
     assert.equal((await t.api('GET', '/pki/trust.pem')).text, trustFile, 'GET /pki/trust.pem serves what data/pki/trust.pem holds');
 

@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { projectRoot } from '../core/paths.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { x509 } from '../core/pki/x509.js';
+import { createDeviceIdentity } from '../device-sim/identity.js';
 import { httpsRequest } from './support/http.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { openssl, run } from './support/openssl.js';
@@ -122,6 +123,35 @@ describe('fleet CLI beside a running `fleet start` on the embedded database', ()
     assert.match(imported.stderr, /Registered 2 devices as batch cli-batch/);
 
     assert.equal((await fleet('suspend', 'cli-batch-1')).code, 1, 'a pending device cannot be suspended');
+
+    // Enrolled and connected, then suspended and resumed through the CLI beside the running server.
+    const root = await readFile(path.join(dataDir, 'pki', 'root.crt'), 'utf8');
+    const identity = await createDeviceIdentity('cli-batch-1');
+    const enrolled = await httpsRequest(`https://localhost:${apiPort}/v1/enrollments`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token: lines[1]!.split(',')[1], csr: identity.csrPem }),
+      ca: root,
+    });
+    assert.equal(enrolled.status, 201, enrolled.text);
+    const tls = { ca: root, cert: enrolled.json.certificate as string, key: identity.keyPem };
+    const session = await connectDevice(brokerPort, 'cli-batch-1', tls);
+    assert.equal(session.outcome, 'connected');
+    const ended = closed(session.client);
+    const suspended = await fleet('suspend', 'cli-batch-1');
+    assert.equal(suspended.code, 0, suspended.stderr);
+    assert.match(suspended.stderr, /cli-batch-1 is suspended/);
+    await ended;
+    session.client.end(true);
+    const held = await connectDevice(brokerPort, 'cli-batch-1', tls);
+    assert.equal(held.outcome, 'refused', 'a suspended device is refused');
+    held.client.end(true);
+    const resumed = await fleet('resume', 'cli-batch-1');
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.match(resumed.stderr, /cli-batch-1 is active/);
+    const back = await connectDevice(brokerPort, 'cli-batch-1', tls);
+    assert.equal(back.outcome, 'connected', 'a resumed device connects with the certificate it held');
+    const revokedWithBatch = closed(back.client);
     const reenroll = await fleet('device', 'reenroll', 'cli-batch-1');
     assert.equal(reenroll.code, 0, reenroll.stderr);
     assert.match(lastLine(reenroll.stdout), /^fleet_enroll_/);
@@ -131,6 +161,8 @@ describe('fleet CLI beside a running `fleet start` on the embedded database', ()
     const revoked = await fleet('revoke', '--batch', 'cli-batch', '--reason', 'cessationOfOperation');
     assert.equal(revoked.code, 0, revoked.stderr);
     assert.match(revoked.stderr, /Revoked 2 device\(s\) of batch cli-batch/);
+    await revokedWithBatch;
+    back.client.end(true);
     const gone = await fleet('device', 'reenroll', 'cli-batch-2');
     assert.equal(gone.code, 1);
     assert.match(gone.stderr, /revoked for good/);

@@ -90,7 +90,7 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
       identity = await deps.resolve(fingerprint);
     } catch (error) {
       if (!(error instanceof RegistryUnavailable)) log.error({ err: error }, 'registry lookup failed');
-      return refuse('registry_unavailable', peer, { fingerprint });
+      return refuse('registry_unavailable', peer, { fingerprint, lookup: error instanceof RegistryUnavailable ? error.why : 'failed' });
     }
     const decision = decideAdmission(identity, packet.clientId, deps.clock());
     deps.metrics.observeConnect((performance.now() - started) / 1000);

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { inTransaction, type Queryable } from '../db/transaction.js';
 import { FleetError } from '../errors.js';
 import { type Actor, recordAudit } from './audit.js';
+import { recordChange } from './changes.js';
 import {
   CERTIFICATE_SUMMARY_COLUMNS,
   type CertificateStatus,
@@ -87,9 +88,6 @@ const REVOKE_ONE = `
   WHERE serial = $1 AND status <> 'revoked'
   RETURNING device_id`;
 
-const INSERT_CHANGE = `
-  INSERT INTO registry_changes (at, kind, device_id, certificate_serial) VALUES ($1, $2, $3, $4)`;
-
 export async function insertCertificate(q: Queryable, deviceId: string, c: CertificateRecord, now: Date): Promise<void> {
   await q.query(INSERT_CERTIFICATE, [c.serial, c.fingerprint, c.publicKeySha256, deviceId, c.issuer, c.notBefore, c.notAfter, c.pem, now]);
 }
@@ -142,7 +140,6 @@ export async function revokeCertificate(
     const revoked = await tx.query(REVOKE_ONE, [serial, input.now, REVOCATION_REASONS[input.reason]]);
     const deviceId = revoked.rows[0]?.device_id as string | undefined;
     if (deviceId) {
-      await tx.query(INSERT_CHANGE, [input.now, 'certificate_revoked', deviceId, serial]);
       await recordAudit(tx, {
         actor: input.actor,
         action: 'certificate.revoked',
@@ -151,6 +148,7 @@ export async function revokeCertificate(
         details: { reason: input.reason },
         at: input.now,
       });
+      await recordChange(tx, { kind: 'certificate_revoked', at: input.now, targets: [{ deviceId, serial }] });
     }
     const details = await getCertificate(tx, serial);
     if (!details) throw new FleetError('certificate_not_found', 404, `no certificate with serial ${serial} was issued here`);

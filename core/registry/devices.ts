@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { FleetError } from '../errors.js';
 import { inTransaction, type Queryable } from '../db/transaction.js';
 import { type Actor, recordAudit } from './audit.js';
+import { recordChange } from './changes.js';
 import { ENROLLMENT_TOKEN_PREFIX, newSecret } from './secrets.js';
 
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -103,10 +104,6 @@ const SET_DEVICES_STATUS = `
 /** A revoked device's unused enrollment tokens must not bring it back. */
 const EXPIRE_UNUSED_TOKENS = `
   UPDATE enrollment_tokens SET expires_at = $2 WHERE device_id = ANY($1::text[]) AND used_at IS NULL AND expires_at > $2`;
-
-const INSERT_CHANGES = `
-  INSERT INTO registry_changes (at, kind, device_id)
-  SELECT $1, $2, device_id FROM unnest($3::text[]) AS d (device_id)`;
 
 /**
  * Every certificate the device could still use goes on hold: the active one, and superseded ones
@@ -282,8 +279,8 @@ async function revokeDeviceIds(
   const revoked = await tx.query(REVOKE_CERTIFICATES_OF_DEVICES, [targets, input.now, REVOCATION_REASONS[input.reason]]);
   const updated = (await tx.query(SET_DEVICES_STATUS, [targets, 'revoked', input.now])).rows.map(toDevice);
   await tx.query(EXPIRE_UNUSED_TOKENS, [targets, input.now]);
-  await tx.query(INSERT_CHANGES, [input.now, 'device_revoked', targets]);
   await tx.query(INSERT_AUDIT_PER_DEVICE, [input.now, input.actor, 'device.revoked', { reason: input.reason, batch: input.batch ?? null }, targets]);
+  await recordChange(tx, { kind: 'device_revoked', at: input.now, targets: targets.map((deviceId) => ({ deviceId })) });
   const unchanged = locked.filter((d) => d.status === 'revoked');
   return {
     devices: [...updated, ...unchanged],
@@ -339,8 +336,8 @@ export async function suspendDevice(pool: pg.Pool, input: { deviceId: string; ac
     }
     await tx.query(HOLD_CERTIFICATES, [input.deviceId, input.now]);
     const updated = toDevice((await tx.query(SET_DEVICES_STATUS, [[input.deviceId], 'suspended', input.now])).rows[0]);
-    await tx.query(INSERT_CHANGES, [input.now, 'device_suspended', [input.deviceId]]);
     await recordAudit(tx, { actor: input.actor, action: 'device.suspended', deviceId: input.deviceId, at: input.now });
+    await recordChange(tx, { kind: 'device_suspended', at: input.now, targets: [{ deviceId: input.deviceId }] });
     return updated;
   });
 }
@@ -354,8 +351,8 @@ export async function resumeDevice(pool: pg.Pool, input: { deviceId: string; act
     }
     await tx.query(RELEASE_CERTIFICATES, [input.deviceId]);
     const updated = toDevice((await tx.query(SET_DEVICES_STATUS, [[input.deviceId], 'active', input.now])).rows[0]);
-    await tx.query(INSERT_CHANGES, [input.now, 'device_resumed', [input.deviceId]]);
     await recordAudit(tx, { actor: input.actor, action: 'device.resumed', deviceId: input.deviceId, at: input.now });
+    await recordChange(tx, { kind: 'device_resumed', at: input.now, targets: [{ deviceId: input.deviceId }] });
     return updated;
   });
 }

@@ -1,9 +1,9 @@
 import type pg from 'pg';
 import { inTransaction } from '../db/transaction.js';
 import { FleetError } from '../errors.js';
-import { recordAudit } from './audit.js';
-import { type CertificateRecord, insertCertificate } from './certificates.js';
+import type { CertificateRecord } from './certificates.js';
 import { unknownEnrollmentToken } from './enrollment-tokens.js';
+import { recordIssuance } from './issuance.js';
 import { ENROLLMENT_TOKEN_PREFIX, hashSecret } from './secrets.js';
 
 const SELECT_TOKEN_FOR_UPDATE = `
@@ -20,18 +20,6 @@ const MARK_TOKEN_USED = `
   UPDATE enrollment_tokens SET used_at = $2, certificate_serial = $3, csr_sha256 = $4 WHERE token_hash = $1`;
 
 const ACTIVATE_DEVICE = `UPDATE devices SET status = 'active', updated_at = $2 WHERE id = $1`;
-
-/**
- * A device enrolled again (after an operator re-issued a token) stops using what it held before, at
- * once; the change rows tell the broker to drop those certificates from its cache and sessions.
- */
-const SUPERSEDE_OTHERS = `
-  WITH superseded AS (
-    UPDATE certificates SET status = 'superseded', superseded_at = $3, accept_until = $3, replaced_by = $2
-    WHERE device_id = $1 AND status = 'active' AND serial <> $2
-    RETURNING serial)
-  INSERT INTO registry_changes (at, kind, device_id, certificate_serial)
-  SELECT $3, 'certificate_superseded', $1, serial FROM superseded`;
 
 export interface EnrollmentRequest {
   token: string;
@@ -92,18 +80,16 @@ export async function enrollWithToken(
       throw new FleetError('token_expired', 401, `this enrollment token expired at ${token.expires_at.toISOString()}; ask an operator for a new one`);
     }
     const certificate = await issue(deviceId);
-    await insertCertificate(tx, deviceId, certificate, request.now);
-    await tx.query(SUPERSEDE_OTHERS, [deviceId, certificate.serial, request.now]);
+    // A device enrolled again (after an operator re-issued a token) stops using what it held before, at once.
+    await recordIssuance(tx, {
+      deviceId,
+      certificate,
+      acceptUntil: request.now,
+      audit: { action: 'certificate.issued', details: { via: 'enrollment_token', notAfter: certificate.notAfter.toISOString() } },
+      now: request.now,
+    });
     await tx.query(MARK_TOKEN_USED, [tokenHash, request.now, certificate.serial, request.csrSha256]);
     await tx.query(ACTIVATE_DEVICE, [deviceId, request.now]);
-    await recordAudit(tx, {
-      actor: `device:${deviceId}`,
-      action: 'certificate.issued',
-      deviceId,
-      certificateSerial: certificate.serial,
-      details: { via: 'enrollment_token', notAfter: certificate.notAfter.toISOString() },
-      at: request.now,
-    });
     return { deviceId, certificate, replayed: false };
   });
 }

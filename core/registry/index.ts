@@ -9,6 +9,7 @@ export * from './devices.js';
 export * from './enrollment.js';
 export * from './enrollment-tokens.js';
 export * from './identity-kinds.js';
+export * from './issuance.js';
 export * from './operators.js';
 export * from './presence.js';
 export * from './renewal.js';

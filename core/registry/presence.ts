@@ -40,3 +40,14 @@ const FORGET_CONNECTIONS = `UPDATE devices SET connected = false, connected_sinc
 export async function forgetConnections(q: Queryable): Promise<number> {
   return (await q.query(FORGET_CONNECTIONS)).rowCount ?? 0;
 }
+
+const DISCONNECT_ALL = `UPDATE devices SET connected = false, connected_since = NULL, last_seen_at = $1 WHERE connected`;
+
+/**
+ * A broker stopping has closed every session: each device it showed connected was last seen now.
+ * Written as one statement at shutdown, so it does not depend on each socket's close being
+ * observed before the database stops.
+ */
+export async function recordAllDisconnected(q: Queryable, at: Date): Promise<number> {
+  return (await q.query(DISCONNECT_ALL, [at])).rowCount ?? 0;
+}

@@ -2,16 +2,10 @@ import type pg from 'pg';
 import { inTransaction } from '../db/transaction.js';
 import { formatDuration } from '../duration.js';
 import { FleetError } from '../errors.js';
-import { recordAudit } from './audit.js';
-import { type CertificateIdentity, type CertificateRecord, insertCertificate, SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE, toIdentity } from './certificates.js';
+import { type CertificateIdentity, type CertificateRecord, SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE, toIdentity } from './certificates.js';
+import { recordIssuance } from './issuance.js';
 
 const KEY_USED_BEFORE = `SELECT 1 FROM certificates WHERE device_id = $1 AND public_key_sha256 = $2 LIMIT 1`;
-
-const SUPERSEDE = `
-  UPDATE certificates SET status = 'superseded', superseded_at = $2, accept_until = least($3, not_after), replaced_by = $4
-  WHERE serial = $1`;
-
-const INSERT_CHANGE = `INSERT INTO registry_changes (at, kind, device_id, certificate_serial) VALUES ($1, $2, $3, $4)`;
 
 export interface RenewalRequest {
   /** SHA-256 fingerprint of the certificate the device presented at the TLS layer. */
@@ -69,17 +63,17 @@ export async function renewCertificate(
       throw new FleetError('key_reused', 400, 'the CSR carries a key this device has used before; renew with a newly generated key');
     }
     const certificate = await issue(deviceId);
-    await insertCertificate(tx, deviceId, certificate, request.now);
     const acceptUntil = new Date(request.now.getTime() + request.overlapMs);
-    await tx.query(SUPERSEDE, [previousSerial, request.now, acceptUntil, certificate.serial]);
-    await tx.query(INSERT_CHANGE, [request.now, 'certificate_superseded', deviceId, previousSerial]);
-    await recordAudit(tx, {
-      actor: `device:${deviceId}`,
-      action: 'certificate.renewed',
+    await recordIssuance(tx, {
       deviceId,
-      certificateSerial: certificate.serial,
-      details: { previousSerial, previousAcceptedUntil: acceptUntil.toISOString(), notAfter: certificate.notAfter.toISOString() },
-      at: request.now,
+      certificate,
+      replaces: previousSerial,
+      acceptUntil,
+      audit: {
+        action: 'certificate.renewed',
+        details: { previousSerial, previousAcceptedUntil: acceptUntil.toISOString(), notAfter: certificate.notAfter.toISOString() },
+      },
+      now: request.now,
     });
     return { deviceId, certificate, previousSerial };
   });

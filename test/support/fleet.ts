@@ -7,7 +7,7 @@ import { createDeviceIdentity, type DeviceIdentity } from '../../device-sim/iden
 import { loadConfig, type FleetConfig } from '../../core/config.js';
 import { ensureDataDir } from '../../core/db/database.js';
 import { openEmbeddedDatabase } from '../../core/db/embedded.js';
-import { type RunningFleet, startFleet } from '../../cli/start.js';
+import { type FleetHooks, type RunningFleet, startFleet } from '../../cli/start.js';
 import { type Logger, silentLogger } from '../../core/log.js';
 import { createOperatorToken } from '../../core/registry/index.js';
 import { httpsRequest, type HttpResult } from './http.js';
@@ -85,6 +85,8 @@ export async function startTestFleet(
     time?: ManualTime;
     log?: Logger;
     databaseUrl?: string;
+    /** What the fleet leaves to its caller beside the configuration (when the change feed reconnects). */
+    hooks?: FleetHooks;
   } = {},
 ): Promise<TestFleet> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-test-'));
@@ -106,10 +108,11 @@ export async function startTestFleet(
     FLEET_API_AUTH_FAILURES: '1000000',
     ...options.env,
   });
-  // A restart below keeps the same time, so deadlines and admission go on from where they were.
+  // A restart below keeps the same time and hooks, so deadlines and admission go on from where they were.
   const clock = options.time?.clock ?? options.clock;
   const scheduler = options.time?.scheduler;
-  let fleet = await startFleet(config, options.log ?? silentLogger(), clock, scheduler);
+  const start = () => startFleet(config, options.log ?? silentLogger(), clock, scheduler, options.hooks);
+  let fleet = await start();
   const admin = await createOperatorToken(fleet.db.pool, { name: 'test', role: 'admin', actor: 'test', now: new Date() });
   const rootPem = fleet.ca.rootPem;
   let apiUrl = `https://localhost:${fleet.api.port}`;
@@ -166,7 +169,7 @@ export async function startTestFleet(
     async restart(between) {
       await fleet.close();
       await between?.();
-      fleet = testFleet.fleet = await startFleet(config, options.log ?? silentLogger(), clock, scheduler);
+      fleet = testFleet.fleet = await start();
       testFleet.apiUrl = apiUrl = `https://localhost:${fleet.api.port}`;
     },
     async close() {
