@@ -55,7 +55,7 @@ export function issuanceCheck(ca: CertificateAuthority, maxRemembered = 100_000)
   const known = new Map<string, KnownLeaf>();
 
   const learn = (fingerprint: string, leaf: X509Certificate): KnownLeaf | undefined => {
-    const issuer = issuingCaOf(ca.issuers, leaf.raw);
+    const issuer = issuingCaOf(ca.issuers, leaf);
     if (!issuer) return undefined;
     if (known.size >= maxRemembered) known.delete(known.keys().next().value!);
     const entry = {

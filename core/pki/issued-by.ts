@@ -17,15 +17,20 @@ function nodeCertificateOf(issuer: IssuingCa): X509Certificate {
  * callers decide on expiry themselves. undefined for anything else, including bytes that are not a
  * certificate. Synchronous, so a TLS connect path can use it.
  */
-export function issuingCaOf(issuers: readonly IssuingCa[], certificateDer: Uint8Array): IssuingCa | undefined {
-  let certificate: X509Certificate;
-  try {
-    certificate = new X509Certificate(certificateDer);
-  } catch {
-    return undefined;
-  }
+export function issuingCaOf(issuers: readonly IssuingCa[], presented: X509Certificate | Uint8Array): IssuingCa | undefined {
+  // Parsing costs about 0.2 ms, more than the signature check: a TLS peer's certificate comes parsed.
+  const certificate = presented instanceof X509Certificate ? presented : parsedOrUndefined(presented);
+  if (!certificate) return undefined;
   return issuers.find((issuer) => {
     const ca = nodeCertificateOf(issuer);
     return certificate.checkIssued(ca) && certificate.verify(ca.publicKey);
   });
+}
+
+function parsedOrUndefined(der: Uint8Array): X509Certificate | undefined {
+  try {
+    return new X509Certificate(der);
+  } catch {
+    return undefined;
+  }
 }
