@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Readable } from 'node:stream';
 import { rateKeyOf } from '../core/net-address.js';
+import { DEFAULT_MAX_KEYS, tokenBuckets } from '../core/rate-limit.js';
 
 export { rateKeyOf };
 
@@ -37,50 +38,25 @@ export interface ConnectionGate {
   readonly trackedAddresses: number;
 }
 
-export const DEFAULT_MAX_TRACKED_ADDRESSES = 100_000;
-
-interface Bucket {
-  tokens: number;
-  /** When `tokens` was last brought up to date, by the gate's clock. */
-  at: number;
-}
+export const DEFAULT_MAX_TRACKED_ADDRESSES = DEFAULT_MAX_KEYS;
 
 export function connectionGate(options: ConnectionGateOptions): ConnectionGate {
-  const { perAddressPerSecond: rate, burst, maxConnections, clock } = options;
-  const maxAddresses = options.maxAddresses ?? DEFAULT_MAX_TRACKED_ADDRESSES;
-  if (!(rate > 0) || !(burst >= 1) || !(maxConnections >= 1) || !(maxAddresses >= 1)) {
-    throw new RangeError('connectionGate needs perAddressPerSecond > 0, burst >= 1, maxConnections >= 1 and maxAddresses >= 1');
-  }
-  // A bucket untouched this long has refilled; forgetting it is the same as keeping it.
-  const refilledAfterMs = (burst / rate) * 1000;
-  // Least recently seen first: a Map keeps insertion order, and each visit re-inserts.
-  const buckets = new Map<string, Bucket>();
+  const { maxConnections } = options;
+  if (!(maxConnections >= 1)) throw new RangeError('connectionGate needs maxConnections >= 1');
+  const rates = tokenBuckets({
+    perSecond: options.perAddressPerSecond,
+    burst: options.burst,
+    clock: options.clock,
+    maxKeys: options.maxAddresses ?? DEFAULT_MAX_TRACKED_ADDRESSES,
+  });
   const openByAddress = new Map<string, number>();
   let open = 0;
-
-  const forgetIdle = (now: number) => {
-    for (const [key, bucket] of buckets) {
-      if (buckets.size <= maxAddresses && now - bucket.at < refilledAfterMs) break;
-      buckets.delete(key);
-    }
-  };
-
-  const takeToken = (key: string, now: number): boolean => {
-    const bucket = buckets.get(key);
-    // A clock that steps back refills nothing rather than draining the bucket.
-    const tokens = bucket ? Math.min(burst, bucket.tokens + (Math.max(0, now - bucket.at) * rate) / 1000) : burst;
-    const allowed = tokens >= 1;
-    buckets.delete(key);
-    buckets.set(key, { tokens: allowed ? tokens - 1 : tokens, at: now });
-    forgetIdle(now);
-    return allowed;
-  };
 
   return {
     admit(address) {
       const key = rateKeyOf(address);
       // Every attempt costs a token, refused or not: a flood is a flood whether or not we are full.
-      if (!takeToken(key, clock())) return 'rate_limited';
+      if (rates.take(key)) return 'rate_limited';
       if (open >= maxConnections) return 'too_many_connections';
       open++;
       openByAddress.set(key, (openByAddress.get(key) ?? 0) + 1);
@@ -98,7 +74,7 @@ export function connectionGate(options: ConnectionGateOptions): ConnectionGate {
       return open;
     },
     get trackedAddresses() {
-      return buckets.size;
+      return rates.trackedKeys;
     },
   };
 }

@@ -28,8 +28,17 @@ function boundedMap<V>(maxKeys: number) {
 /** A token bucket per key: `perSecond` sustained, `burst` at once after a quiet spell. */
 export function tokenBuckets(options: { perSecond: number; burst: number; clock: () => number; maxKeys?: number }): KeyedLimiter {
   const { perSecond, burst, clock } = options;
-  if (!(perSecond > 0) || !(burst >= 1)) throw new RangeError('tokenBuckets needs perSecond > 0 and burst >= 1');
-  const buckets = boundedMap<{ tokens: number; at: number }>(options.maxKeys ?? DEFAULT_MAX_KEYS);
+  const maxKeys = options.maxKeys ?? DEFAULT_MAX_KEYS;
+  if (!(perSecond > 0) || !(burst >= 1) || !(maxKeys >= 1)) throw new RangeError('tokenBuckets needs perSecond > 0, burst >= 1 and maxKeys >= 1');
+  const buckets = boundedMap<{ tokens: number; at: number }>(maxKeys);
+  // A bucket untouched this long has refilled; forgetting it is the same as keeping it.
+  const refilledAfterMs = (burst / perSecond) * 1000;
+  const forgetRefilled = (now: number) => {
+    for (const [key, bucket] of buckets.map) {
+      if (now - bucket.at < refilledAfterMs) break;
+      buckets.map.delete(key);
+    }
+  };
   return {
     take(key) {
       const now = clock();
@@ -38,6 +47,7 @@ export function tokenBuckets(options: { perSecond: number; burst: number; clock:
       const tokens = bucket ? Math.min(burst, bucket.tokens + (Math.max(0, now - bucket.at) * perSecond) / 1000) : burst;
       const allowed = tokens >= 1;
       buckets.touch(key, { tokens: allowed ? tokens - 1 : tokens, at: now });
+      forgetRefilled(now);
       return allowed ? undefined : { retryAfterMs: Math.ceil(((1 - tokens) * 1000) / perSecond) };
     },
     get trackedKeys() {
