@@ -58,9 +58,14 @@ export async function startProvisioningApi(
       ),
     );
   }
-  server.listen(options.port, options.host);
-  servers[1]?.listen(options.pkiHttpPort, options.host);
-  for (const s of servers) if (!s.listening) await once(s, 'listening');
+  const ports = [options.port, options.pkiHttpPort];
+  try {
+    // Together, so a port in use on one listener never leaves the other running unowned.
+    await Promise.all(servers.map((s, i) => (s.listen(ports[i], options.host), once(s, 'listening'))));
+  } catch (error) {
+    for (const s of servers) s.close();
+    throw error;
+  }
   logServerErrors(server, deps.log, 'provisioning API');
   if (servers[1]) logServerErrors(servers[1], deps.log, 'PKI HTTP');
   const port = (server.address() as AddressInfo).port;

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { x509 } from '../core/pki/x509.js';
 import { openssl, run } from './support/openssl.js';
@@ -125,6 +127,34 @@ describe('the plain-HTTP PKI listener', () => {
   test('the https routes stay', async () => {
     for (const path of ['/pki/crl', '/pki/ca.pem', `/pki/issuers/${t.fleet.ca.current.keyId}.crt`]) {
       assert.equal((await t.api('GET', path)).status, 200, path);
+    }
+  });
+});
+
+describe('a port in use', () => {
+  test('on the PKI listener fails the start and leaves no API listener behind', async () => {
+    const freePort = async () => {
+      const probe = net.createServer().listen(0, '127.0.0.1');
+      await once(probe, 'listening');
+      const { port } = probe.address() as net.AddressInfo;
+      await new Promise<void>((resolve) => probe.close(() => resolve()));
+      return port;
+    };
+    const busy = net.createServer().listen(0, '127.0.0.1');
+    await once(busy, 'listening');
+    const busyPort = (busy.address() as net.AddressInfo).port;
+    const apiPort = await freePort();
+    try {
+      await assert.rejects(
+        startTestFleet({ databaseUrl: t.config.databaseUrl, env: { FLEET_API_PORT: String(apiPort), FLEET_PKI_HTTP_PORT: String(busyPort) } }),
+        (error: NodeJS.ErrnoException) => error.code === 'EADDRINUSE',
+      );
+      // The API's port is free again: nothing was left listening on it.
+      const again = net.createServer().listen(apiPort, '127.0.0.1');
+      await once(again, 'listening');
+      again.close();
+    } finally {
+      busy.close();
     }
   });
 });
