@@ -20,8 +20,6 @@ import { connectionCap, connectionGate, gatedServer, openFileLimit } from './pro
 export interface VerifiedPeer {
   /** SHA-256 of the leaf, lower-case hex, as the registry stores it. */
   fingerprint: string;
-  /** The issuing CA that signed the leaf. */
-  issuer: { generation: number; keyId: string };
 }
 
 const verifiedPeers = new WeakMap<object, VerifiedPeer>();
@@ -80,7 +78,7 @@ export function issuanceCheck(ca: CertificateAuthority, maxRemembered = 100_000)
     const details = { fingerprint, issuingCa: issuer.generation };
     if (now < entry.notBefore) return { refusal: 'not_yet_valid', details };
     if (now > entry.notAfter) return { refusal: 'expired', details };
-    return { peer: { fingerprint, issuer: { generation: issuer.generation, keyId: issuer.keyId } } };
+    return { peer: { fingerprint } };
   };
 }
 
@@ -230,10 +228,6 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
     clock: () => deps.clock().getTime(),
   });
   const server = gatedServer(accept, gate, (decision, address) => deps.refuse(decision, address));
-  // An accept that fails (EMFILE despite the cap) is logged; it must not end the process.
-  server.on('error', (error) => {
-    if (server.listening) log.error({ err: error }, 'the broker could not accept a connection');
-  });
 
   return {
     server,

@@ -82,7 +82,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   if (stale > 0) log.info({ devices: stale }, 'cleared presence left over from an earlier run');
 
   // The hooks need presence, and presence publishes through aedes: build aedes first, then hook it up.
-  const aedes = new Aedes({ id: 'fleet-auth', maxClientsIdLength: 128, connectTimeout: options.connectTimeoutMs ?? 10_000 });
+  // The front door's deadline (from the TCP accept) closes a connection without an admitted CONNECT;
+  // aedes' own timer (from its handle()) is only a backstop, so it gets twice as long.
+  const aedes = new Aedes({ id: 'fleet-auth', maxClientsIdLength: 128, connectTimeout: 2 * (options.connectTimeoutMs ?? 10_000) });
   const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
   // DeviceSessions tells the close handler of each session it ends (only ever after both exist).
   const sessions = new DeviceSessions(deps.scheduler, (session, reason) => close.closedByBroker(session, reason));

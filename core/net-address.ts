@@ -5,10 +5,14 @@ import { isIPv4 } from 'node:net';
  * by its /64, since one host is routinely given a whole /64 and could otherwise pick a fresh
  * address for every connection.
  */
+/** An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d: its IPv4 address; anything else as it is. */
+export function unmapIPv4(address: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return mapped && isIPv4(mapped[1]!) ? mapped[1]! : address;
+}
+
 export function rateKeyOf(address: string): string {
-  const bare = address.replace(/%.*$/, '');
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(bare);
-  if (mapped && isIPv4(mapped[1]!)) return mapped[1]!;
+  const bare = unmapIPv4(address.replace(/%.*$/, ''));
   if (!bare.includes(':')) return bare;
   const groups = ipv6Groups(bare);
   return groups ? `${groups.slice(0, 4).join(':')}::/64` : bare;

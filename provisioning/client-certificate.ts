@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { BlockList, isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { HttpBindings } from '@hono/node-server';
@@ -6,7 +7,8 @@ import type { TrustedProxyConfig } from '../core/config.js';
 import { FleetError } from '../core/errors.js';
 import type { IssuingCa } from '../core/pki/authority.js';
 import { issuingCaOf } from '../core/pki/issued-by.js';
-import { sha256Hex, x509 } from '../core/pki/x509.js';
+import { normalizeFingerprint, x509 } from '../core/pki/x509.js';
+import { unmapIPv4 } from '../core/net-address.js';
 import type { ProvisioningDeps } from './deps.js';
 
 /** Envoy's header; any other configured name carries nginx's $ssl_client_escaped_cert. */
@@ -20,8 +22,6 @@ export interface TrustedProxies {
   trusts(address: string | undefined): boolean;
 }
 
-/** An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d. */
-const plainAddress = (address: string): string => (address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address);
 
 export function trustedProxies(config: TrustedProxyConfig): TrustedProxies {
   const list = new BlockList();
@@ -35,7 +35,7 @@ export function trustedProxies(config: TrustedProxyConfig): TrustedProxies {
     config,
     trusts(address) {
       if (!address || config.trustedProxies.length === 0) return false;
-      const plain = plainAddress(address);
+      const plain = unmapIPv4(address);
       return list.check(plain, isIP(plain) === 6 ? 'ipv6' : 'ipv4');
     },
   };
@@ -89,20 +89,21 @@ function parseForwarded(encoded: string): x509.X509Certificate {
  * error, so an expired foreign certificate looked merely expired. Expiry is the registry's to judge,
  * with the renew-after-expiry grace (FLEET_RENEW_AFTER_EXPIRY).
  */
-function issuedByUs(issuers: readonly IssuingCa[], der: Uint8Array, which: string): { fingerprint: string } {
-  if (!issuingCaOf(issuers, der)) {
+function issuedByUs(issuers: readonly IssuingCa[], certificate: X509Certificate, which: string): { fingerprint: string } {
+  if (!issuingCaOf(issuers, certificate)) {
     throw new FleetError('client_certificate_invalid', 401, `${which} was not issued by one of this CA's issuing CAs; present the device certificate this CA issued, or re-enroll`);
   }
-  return { fingerprint: sha256Hex(der) };
+  return { fingerprint: normalizeFingerprint(certificate.fingerprint256) };
 }
 
 /** The certificate a client presented on this TLS connection, or a refusal saying what is wrong with it. */
 function presentedCertificate(socket: TLSSocket, issuers: readonly IssuingCa[]): { fingerprint: string } {
-  const peer = socket.getPeerCertificate?.();
-  if (!peer?.raw) {
+  // As TLS parsed it: parsing the DER again would cost more than the signature check.
+  const peer = socket.getPeerX509Certificate?.();
+  if (!peer) {
     throw new FleetError('client_certificate_required', 401, 'renewal needs the current device certificate presented as the TLS client certificate');
   }
-  return issuedByUs(issuers, peer.raw, 'the client certificate');
+  return issuedByUs(issuers, peer, 'the client certificate');
 }
 
 /**
@@ -134,5 +135,5 @@ export function clientCertificateOf(deps: ProvisioningDeps, c: Context): { finge
     deps.log.warn({ peer, header: certHeader, path: c.req.path }, 'ignored an x-forwarded-client-cert element without a Cert field');
     return presentedCertificate(socket, issuers);
   }
-  return issuedByUs(issuers, new Uint8Array(parseForwarded(encoded).rawData), 'the forwarded client certificate');
+  return issuedByUs(issuers, new X509Certificate(new Uint8Array(parseForwarded(encoded).rawData)), 'the forwarded client certificate');
 }

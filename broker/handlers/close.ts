@@ -34,6 +34,7 @@ export function protocolFailureOf(client: Client, error: Error & { errorCode?: n
   if (error.errorCode === 1 || (fromParser && error.message === 'Invalid protocol version')) return 'unsupported_protocol_version';
   // Bytes that are not MQTT, or (aedes' 'Invalid protocol') a packet before CONNECT or a second CONNECT.
   if (fromParser || error.message === 'Invalid protocol') return 'protocol_error';
+  // aedes' backstop timer; the front door's deadline normally closes such a connection first.
   if (error.message === 'connect did not arrive in time') return 'connect_timeout';
   return undefined;
 }

@@ -71,6 +71,7 @@ export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'da
   try {
     // Migrations wait for each other's lock and may run long: a connection of their own, without the timeouts.
     const migrations = new pg.Pool({ connectionString: url, max: 1, application_name: 'fleet-auth migrations' });
+    migrations.on('error', (error) => log.warn({ err: error }, 'the migrations connection failed'));
     try {
       await migrate(migrations, log);
     } finally {

@@ -9,10 +9,11 @@ const tooLarge = (path: string, maxBytes: number) =>
   new FleetError('body_too_large', 413, `the body of ${path} is limited to ${maxBytes} bytes`);
 
 /** A GET or HEAD carries no body a route may read (a Request cannot even have one); anything sent is left unread. */
-const hasBody = (incoming: IncomingMessage) =>
-  incoming.method !== 'GET' &&
-  incoming.method !== 'HEAD' &&
-  (incoming.headers['transfer-encoding'] !== undefined || Number(incoming.headers['content-length'] ?? 0) > 0);
+/** Whether the request says a body follows, whatever its method. */
+export const announcesBody = (incoming: IncomingMessage) =>
+  incoming.headers['transfer-encoding'] !== undefined || Number(incoming.headers['content-length'] ?? 0) > 0;
+
+const hasBody = (incoming: IncomingMessage) => incoming.method !== 'GET' && incoming.method !== 'HEAD' && announcesBody(incoming);
 
 /**
  * The request body as a stream that reads nothing until a route pulls it (so authentication, which

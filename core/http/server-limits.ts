@@ -1,5 +1,6 @@
 import type http from 'node:http';
 import type https from 'node:https';
+import { announcesBody } from './body-limit.js';
 
 /** How much of the server one client may hold, and for how long. */
 export interface ServerLimits {
@@ -37,6 +38,8 @@ export function limitConnections(server: http.Server, limits: ServerLimits, onDr
   server.on('drop', (data?: { remoteAddress?: string }) => onDrop('too_many_connections', data?.remoteAddress ?? ''));
   const minBytesPerWindow = (limits.bodyMinBytesPerSecond * limits.bodyRateWindowMs) / 1000;
   server.on('request', (req: http.IncomingMessage) => {
+    // Only a body can trickle; most requests (GETs) need no watch.
+    if (!announcesBody(req)) return;
     const socket = req.socket;
     let seen = socket.bytesRead;
     const timer = setInterval(() => {
