@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { type ChangeFeedOptions, type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
+import { dashboardRoutes } from '../dashboard-api/app.js';
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
@@ -94,6 +95,7 @@ export async function startFleet(
         trustedProxies: trustedProxies(config.proxy),
       },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
+      ({ throttle }) => dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle }),
     );
     started.push(api);
     // With port 0 the address is known only now; certificates issued from here on name it.

@@ -1,3 +1,4 @@
+import type { OpenAPIHono } from '@hono/zod-openapi';
 import { installProblemHandlers } from '../core/http/problem.js';
 import { streamingBodyLimit } from '../core/http/body-limit.js';
 import { apiRouter } from '../core/http/router.js';
@@ -12,7 +13,7 @@ import { serveOpenApi } from './api/openapi.js';
 import { pkiRoutes } from './api/pki.js';
 import { tokenRoutes } from './api/tokens.js';
 import type { ApiDeps, ProvisioningDeps } from './deps.js';
-import { createApiThrottle } from './throttle.js';
+import { type ApiThrottle, createApiThrottle } from './throttle.js';
 import { crlPublisher } from './crl.js';
 import { crlSource } from './crl-source.js';
 
@@ -50,7 +51,13 @@ export function signedObjectRoutes(deps: ProvisioningDeps) {
   return app;
 }
 
-export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjectRoutes(deps)) {
+/**
+ * Routes another part serves on this listener (the dashboard API and console), given this API's
+ * throttle so that their credentials count against the same allowance. cli/ wires them in.
+ */
+export type MountedRoutes = (gate: { throttle: ApiThrottle }) => OpenAPIHono<any>[];
+
+export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjectRoutes(deps), mounted: MountedRoutes = () => []) {
   const app = guardedRouter(deps);
   app.route('/', healthRoutes(deps));
   app.route('/', signedObjects);
@@ -58,6 +65,7 @@ export function createProvisioningApp(deps: ApiDeps, signedObjects = signedObjec
   app.route('/', enrollmentRoutes(deps));
   app.route('/', deviceRoutes(deps));
   app.route('/', tokenRoutes(deps));
+  for (const routes of mounted({ throttle: deps.throttle })) app.route('/', routes);
   app.openAPIRegistry.registerComponent('securitySchemes', 'operatorToken', { type: 'http', scheme: 'bearer' });
   app.route('/', docsRoutes());
   serveOpenApi(app);

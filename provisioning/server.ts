@@ -6,7 +6,7 @@ import { createAdaptorServer } from '@hono/node-server';
 import { limitConnections, serverTimeouts } from '../core/http/server-limits.js';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { logServerErrors } from '../core/server-errors.js';
-import { apiDeps, createPkiApp, createProvisioningApp, signedObjectRoutes } from './app.js';
+import { apiDeps, createPkiApp, createProvisioningApp, type MountedRoutes, signedObjectRoutes } from './app.js';
 import type { ProvisioningDeps } from './deps.js';
 
 export interface RunningApi {
@@ -26,6 +26,7 @@ export interface RunningApi {
 export async function startProvisioningApi(
   deps: ProvisioningDeps,
   options: { host?: string; port: number; pkiHttpPort?: number },
+  mounted?: MountedRoutes,
 ): Promise<RunningApi> {
   const api = apiDeps(deps);
   const signedObjects = signedObjectRoutes(api);
@@ -39,7 +40,7 @@ export async function startProvisioningApi(
   };
   const server = guarded(
     createAdaptorServer({
-      fetch: createProvisioningApp(api, signedObjects).fetch,
+      fetch: createProvisioningApp(api, signedObjects, mounted).fetch,
       hostname: options.host,
       createServer: https.createServer,
       serverOptions: { ...secureContextOptions(deps.ca), requestCert: true, rejectUnauthorized: false, ...serverTimeouts(deps.limits) },

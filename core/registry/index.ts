@@ -8,6 +8,7 @@ export * from './change-feed.js';
 export * from './devices.js';
 export * from './enrollment.js';
 export * from './enrollment-tokens.js';
+export * from './events.js';
 export * from './identity-kinds.js';
 export * from './issuance.js';
 export * from './operators.js';

@@ -1,0 +1,16 @@
+import type pg from 'pg';
+import type { CredentialGate } from '../core/http/operator-auth.js';
+import type { Logger } from '../core/log.js';
+import type { CertificateAuthority } from '../core/pki/authority.js';
+import type { Scheduler } from '../core/scheduler.js';
+
+/** What the dashboard API and the console run on; tests pass real ones with test settings. */
+export interface DashboardDeps {
+  pool: pg.Pool;
+  ca: CertificateAuthority;
+  clock: () => Date;
+  scheduler: Scheduler;
+  log: Logger;
+  /** The API's throttle: a token presented here counts against the same allowance as anywhere else. */
+  throttle: CredentialGate;
+}
