@@ -32,6 +32,7 @@ import { bulkFromCsv, tokensAsCsv } from '../provisioning/api/bulk.js';
 import { registerSimCommand } from '../device-sim/cli.js';
 import { stopOnSignals } from './shutdown.js';
 import { startSimBackend } from './sim-backend.js';
+import { table } from './table.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -237,17 +238,14 @@ function durationOption(text: string): number {
   return ms;
 }
 
-/** One line per token, aligned for people; the status column says whether it still works. */
+/** One line per token; the status column says whether it still works. */
 export function operatorTokenTable(tokens: OperatorTokenRecord[], now: Date): string {
-  const when = (d: Date | null) => (d ? d.toISOString().replace(/\.\d{3}Z$/, 'Z') : '-');
   const status = (t: OperatorTokenRecord) =>
     t.revokedAt ? 'revoked' : t.expiresAt && t.expiresAt.getTime() <= now.getTime() ? 'expired' : 'active';
-  const rows = [
+  return table(
     ['ID', 'ROLE', 'STATUS', 'NAME', 'CREATED', 'EXPIRES', 'LAST USED'],
-    ...tokens.map((t) => [t.id, t.role, status(t), t.name, when(t.createdAt), when(t.expiresAt), when(t.lastUsedAt)]),
-  ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
+    tokens.map((t) => [t.id, t.role, status(t), t.name, t.createdAt, t.expiresAt, t.lastUsedAt]),
+  );
 }
 
 async function readStdin(): Promise<string> {
