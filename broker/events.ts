@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
+import { unmapIPv4 } from '../core/net-address.js';
 import { type NewDeviceEvent, recordDeviceEvents } from '../core/registry/index.js';
 import { repeatEvery, type Scheduler } from '../core/scheduler.js';
 import type { Refusal } from './admission.js';
@@ -63,7 +64,8 @@ export function deviceEventRecorder(o: EventRecorderOptions): DeviceEventRecorde
 
   const add = (event: Omit<NewDeviceEvent, 'at'>) => {
     if (pending.length >= capacity) return o.metrics.eventsDropped(1);
-    pending.push({ ...event, at: o.clock() });
+    // An IPv4 peer on a dual-stack listener reads as ::ffff:a.b.c.d; operators search for a.b.c.d.
+    pending.push({ ...event, address: event.address && unmapIPv4(event.address), at: o.clock() });
   };
 
   const write = async (batch: NewDeviceEvent[]) => {
