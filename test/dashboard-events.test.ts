@@ -161,13 +161,14 @@ describe('the broker records sessions', () => {
     const metrics = createBrokerMetrics();
     const own = manualTime();
     const recorder = deviceEventRecorder({ pool: t.fleet.db.pool, scheduler: own.scheduler, clock: own.clock, metrics, log: silentLogger(), capacity: 3 });
-    for (let i = 0; i < 5; i++) recorder.connected('ev-buffer', `serial-${i}`, '192.0.2.1');
+    for (let i = 0; i < 5; i++) recorder.connected('ev-buffer', `serial-${i}`, '::ffff:192.0.2.1');
     const dropped = sampleValue(parseExposition(await metrics.registry.metrics()), 'fleet_broker_events_dropped_total', {});
     assert.equal(dropped, 2);
     own.advance(1000);
     await recorder.close();
     const written = (await deviceEventsAfter(t.fleet.db.pool, 0, 100_000)).filter((e) => e.deviceId === 'ev-buffer');
     assert.deepEqual(written.map((e) => e.serial), ['serial-0', 'serial-1', 'serial-2'], 'the first three, in order');
+    assert.equal(written[0]!.address, '192.0.2.1', 'an IPv4 peer of a dual-stack listener is recorded by its IPv4 address');
   });
 });
 
@@ -202,6 +203,32 @@ describe('GET /v1/events', () => {
     }
   });
 
+  test('an event that commits after a later one is still delivered: ids become visible in commit order', async () => {
+    const live = stream('?device=ev-order');
+    await live.head();
+    const slow = await t.fleet.db.pool.connect();
+    try {
+      await slow.query('BEGIN');
+      await recordDeviceEvents(slow, [{ at: time.clock(), kind: 'refused', deviceId: 'ev-order', reason: 'first' }]);
+      let written = false;
+      const second = recordDeviceEvents(t.fleet.db.pool, [{ at: time.clock(), kind: 'refused', deviceId: 'ev-order', reason: 'second' }]).then(
+        () => void (written = true),
+      );
+      // Either the second write waits for the first transaction (the order lock), or it went through and was streamed.
+      const waiting = async () =>
+        Number((await t.fleet.db.pool.query(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rows[0].count) > 0;
+      await eventually(async () => (written && live.messages.some((m) => m.data.reason === 'second')) || (await waiting()), 'the second write waited or was streamed');
+      await slow.query('COMMIT');
+      await second;
+    } finally {
+      slow.release();
+    }
+    await arrives(live, (m) => m.data.reason === 'first', 'the first event was streamed too');
+    await arrives(live, (m) => m.data.reason === 'second', 'the second event was streamed');
+    assert.deepEqual(live.messages.map((m) => m.data.reason), ['first', 'second'], 'each once, in id order');
+    await live.close();
+  });
+
   test('?device and ?kinds deliver only what they name', async () => {
     await t.enroll('ev-mine');
     await t.enroll('ev-other');
@@ -232,7 +259,8 @@ describe('GET /v1/events', () => {
   });
 
   test('needs an operator token; a viewer may read; bad ids, kinds and cursors are 400 problems', async () => {
-    const anonymous = await t.api('GET', '/v1/events');
+    // Read as a stream, so that a stream served by mistake fails here rather than hanging the test.
+    const anonymous = await stream('', {}, undefined).head();
     assert.equal(anonymous.status, 401);
     assert.equal(anonymous.headers['content-type'], 'application/problem+json');
     assert.equal((await t.api('GET', '/v1/devices/ev-conn/events')).status, 401);
@@ -266,9 +294,9 @@ describe('GET /v1/events', () => {
   test(`at most ${MAX_STREAMS} streams at once: the next is a 503 problem until one closes`, async () => {
     const open = Array.from({ length: MAX_STREAMS }, () => stream());
     for (const s of open) assert.equal((await s.head()).status, 200);
-    const refused = await t.api('GET', '/v1/events', { token: viewer });
+    const refused = await stream().head();
     assert.equal(refused.status, 503);
-    assert.equal(refused.json.code, 'too_many_streams');
+    assert.equal(refused.headers['content-type'], 'application/problem+json');
     assert.ok(refused.headers['retry-after']);
     await open[0]!.close();
     await eventually(async () => {
