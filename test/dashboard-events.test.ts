@@ -39,7 +39,8 @@ after(async () => {
 
 const tlsOf = (d: EnrolledDevice): DeviceTls => ({ ca: t.rootPem, cert: d.certificatePem, key: d.identity.keyPem });
 
-function stream(query = '', headers: Record<string, string> = {}, token: string | undefined = viewer): SseStream {
+/** A stream read with curl; `token` null sends none. */
+function stream(query = '', headers: Record<string, string> = {}, token: string | null = viewer): SseStream {
   const s = curlStream(`${t.apiUrl}/v1/events${query}`, { caFile, headers: token ? { authorization: `Bearer ${token}`, ...headers } : headers });
   streams.push(s);
   return s;
@@ -260,7 +261,7 @@ describe('GET /v1/events', () => {
 
   test('needs an operator token; a viewer may read; bad ids, kinds and cursors are 400 problems', async () => {
     // Read as a stream, so that a stream served by mistake fails here rather than hanging the test.
-    const anonymous = await stream('', {}, undefined).head();
+    const anonymous = await stream('', {}, null).head();
     assert.equal(anonymous.status, 401);
     assert.equal(anonymous.headers['content-type'], 'application/problem+json');
     assert.equal((await t.api('GET', '/v1/devices/ev-conn/events')).status, 401);
