@@ -24,6 +24,8 @@ export interface BrokerMetrics {
   revocationClosed(sessions: number): void;
   /** Sessions closed because the issuing CA of their certificate was retired. */
   retirementClosed(sessions: number): void;
+  /** Device events not recorded: the pending buffer was full (the database slow or away). */
+  eventsDropped(events: number): void;
 }
 
 /**
@@ -75,6 +77,11 @@ export function createBrokerMetrics(): BrokerMetrics {
     help: 'Live sessions closed because the issuing CA of their certificate was retired (fleet ca retire).',
     registers: [registry],
   });
+  const eventsDropped = new Counter({
+    name: 'fleet_broker_events_dropped_total',
+    help: 'Device events (connects, disconnects, refusals) not recorded because the pending buffer was full.',
+    registers: [registry],
+  });
   // Both series exist from the start, so a rate() over them is 0 rather than absent.
   denials.inc({ action: 'publish' }, 0);
   denials.inc({ action: 'subscribe' }, 0);
@@ -94,6 +101,9 @@ export function createBrokerMetrics(): BrokerMetrics {
     },
     retirementClosed: (count) => {
       if (count > 0) retirementClosed.inc(count);
+    },
+    eventsDropped: (count) => {
+      if (count > 0) eventsDropped.inc(count);
     },
   };
 }

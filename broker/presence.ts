@@ -46,7 +46,7 @@ export function presenceTracker(o: PresenceOptions) {
   };
 
   const record = (deviceId: string, serial: string, connected: boolean, peerAddress: string | null) => {
-    const update = { deviceId, connected, at: o.clock(), peerAddress };
+    const update = { deviceId, connected, at: o.clock(), peerAddress, serial };
     pending.set(deviceId, update);
     announce(update, serial);
   };

@@ -1,5 +1,6 @@
 import type { Logger } from '../core/log.js';
 import type { Refusal } from './admission.js';
+import type { DeviceEventRecorder } from './events.js';
 import type { BrokerMetrics } from './metrics.js';
 
 /**
@@ -24,13 +25,17 @@ export interface Refusals {
   refuse(reason: Refusal, peer: string | undefined, details?: Record<string, unknown>, returnCode?: number): CountedRefusal;
 }
 
-export function refusalCounter(metrics: BrokerMetrics, log: Logger): Refusals {
+const text = (value: unknown) => (typeof value === 'string' ? value : undefined);
+
+/** Counts, logs and records (as a device event, with what is known of who it was) each refusal. */
+export function refusalCounter(metrics: BrokerMetrics, log: Logger, events: Pick<DeviceEventRecorder, 'refused'>): Refusals {
   const counts = new Map<Refusal, number>();
   return {
     counts,
     refuse(reason, peer, details = {}, returnCode) {
       counts.set(reason, (counts.get(reason) ?? 0) + 1);
       metrics.refused(reason);
+      events.refused(reason, peer ?? null, { deviceId: text(details.deviceId), serial: text(details.serial), clientId: text(details.clientId) });
       log.warn({ reason, peer, ...details, ...(returnCode === undefined ? {} : { connack: returnCode }) }, 'connection refused');
       return new CountedRefusal(reason, returnCode);
     },

@@ -14,6 +14,7 @@ import { IdentityCache } from './identity-cache.js';
 import { identityResolver } from './identity.js';
 import type { BrokerMetrics } from './metrics.js';
 import type { TopicPolicy } from './policy.js';
+import { deviceEventRecorder } from './events.js';
 import { presenceTracker } from './presence.js';
 import { createFrontDoor } from './front-door.js';
 import { guardPacketSize } from './protection.js';
@@ -72,7 +73,8 @@ export interface RunningBroker {
 export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Promise<RunningBroker> {
   const { log, clock, changes, metrics } = deps;
   const now = () => clock().getTime();
-  const refusals = refusalCounter(metrics, log);
+  const events = deviceEventRecorder({ pool: deps.pool, scheduler: deps.scheduler, clock, metrics, log });
+  const refusals = refusalCounter(metrics, log, events);
   const { refuse } = refusals;
   const cache = new IdentityCache(options.cacheSize ?? 100_000);
   const resolve = identityResolver({ pool: deps.pool, changes, cache, staleGraceMs: options.staleGraceMs ?? 5 * 60_000, now });
@@ -88,7 +90,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
   // DeviceSessions tells the close handler of each session it ends (only ever after both exist).
   const sessions = new DeviceSessions(deps.scheduler, (session, reason) => close.closedByBroker(session, reason));
-  const close = closeHandlers({ sessions, admitted, presence, metrics, refusals, log });
+  const close = closeHandlers({ sessions, admitted, presence, events, metrics, refusals, log });
   followRegistryChanges({ pool: deps.pool, changes, cache, sessions, metrics, clock, log });
 
   Object.assign(aedes, {
@@ -98,6 +100,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       admitted,
       policy: deps.policy,
       presence,
+      events,
       opened: close.opened,
       metrics,
       refusals,
@@ -140,6 +143,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   } catch (error) {
     await presence.close();
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    await events.close();
     throw error;
   }
   logServerErrors(front, log, 'MQTT broker');
@@ -154,12 +158,14 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     reloadTrust: () => frontDoor.reloadTrust(),
     listening: () => front.listening,
     async close() {
-      // Stop accepting, end the sessions (their presence is recorded), then write what is pending.
+      // Stop accepting, end the sessions (their presence and events are recorded), then write what is pending.
       const stopped = new Promise<void>((resolve) => front.close(() => resolve()));
+      close.shuttingDown();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       frontDoor.destroyAll();
       await stopped;
       await presence.close();
+      await events.close();
     },
   };
 }

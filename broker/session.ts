@@ -1,4 +1,5 @@
 import type { Client } from 'aedes';
+import type { DisconnectReason } from './events.js';
 import { mayPublish, type TopicRules } from './policy.js';
 import type { CloseReason, Session } from './sessions.js';
 import { isValidTopicText } from './topic-text.js';
@@ -16,6 +17,8 @@ export interface AdmittedSession {
   readonly rules: TopicRules;
   readonly peer: string | undefined;
   withdrawn?: Withdrawal;
+  /** Why the session is ending, when aedes ends it for a reason of its own (a takeover, the keepalive). */
+  ending?: DisconnectReason;
 }
 
 /** The admitted sessions by aedes client. Weak, so a closed client takes its entry with it. */
@@ -30,6 +33,12 @@ export class AdmittedSessions {
 
   of(client: Client | null): AdmittedSession | undefined {
     return client ? this.#byClient.get(client) : undefined;
+  }
+
+  /** Notes why aedes is about to end the client's session; the first reason given stands. */
+  ending(client: Client, reason: DisconnectReason): void {
+    const session = this.#byClient.get(client);
+    if (session) session.ending ??= reason;
   }
 
   /** Marks the session's access as withdrawn: from now on nothing it sends or left behind is published. */

@@ -24,7 +24,7 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
       const issuer = await withRegistry(async (db, config) => {
         const log = cliLog();
         const made = await withCaKeys(config, log, (keyStore) => rotateIssuingCa({ dataDir: config.dataDir, log, keyStore }));
-        await announceCaChange(db.pool);
+        await announceCaChange(db.pool, { action: 'rotated', generation: made.generation, issuer: made.certificate.subject, at: new Date() });
         return made;
       });
       explain(`Issuing CA ${issuer.generation} (${issuer.certificate.subject}, key id ${issuer.keyId}) now signs new certificates.`);
@@ -53,7 +53,7 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
       const imported = await withRegistry(async (db, config) => {
         const log = cliLog();
         const made = await withCaKeys(config, log, (keyStore) => importIssuingCa({ dataDir: config.dataDir, log, keyStore }, pem));
-        await announceCaChange(db.pool);
+        await announceCaChange(db.pool, { action: 'imported', generation: made.generation, issuer: made.certificate.subject, at: new Date() });
         return made;
       });
       explain(`Issuing CA ${imported.generation} (${imported.certificate.subject}, key id ${imported.keyId}) now signs new certificates.`);

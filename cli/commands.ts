@@ -6,6 +6,7 @@ import { type Database, openDatabase } from '../core/db/database.js';
 import { FleetError } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
+import { registerEventCommands } from './events-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
 import { createLogger, stderrDestination } from '../core/log.js';
 import {
@@ -39,6 +40,8 @@ const cliActor = () => `cli:${userInfo().username}`;
 /** Explanations go to stderr; a secret goes alone on the last line of stdout, for `$(…)` capture. */
 const explain = (text: string) => process.stderr.write(text + '\n');
 const printSecret = (secret: string) => process.stdout.write(secret + '\n');
+
+export type WithRegistry = typeof withRegistry;
 
 /** Runs a command against the registry: joins the running embedded database, or starts it for the call. */
 async function withRegistry<T>(run: (db: Database, config: FleetConfig) => Promise<T>): Promise<T> {
@@ -207,7 +210,7 @@ export function registerCommands(program: Command): void {
     .action(async (generation: number) => {
       await withRegistry(async (db, config) => {
         await retireIssuingCa({ dataDir: config.dataDir }, generation);
-        await announceCaChange(db.pool);
+        await announceCaChange(db.pool, { action: 'retired', generation, at: new Date() });
       });
       explain(`Issuing CA ${generation} is retired; running servers stop trusting it and close its devices' sessions now.`);
     });
@@ -230,6 +233,7 @@ export function registerCommands(program: Command): void {
     });
 
   registerSimCommand(program, startSimBackend);
+  registerEventCommands(program, withRegistry);
 }
 
 function durationOption(text: string): number {

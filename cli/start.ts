@@ -1,5 +1,11 @@
 import path from 'node:path';
-import { type ChangeFeedOptions, type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
+import {
+  type ChangeFeedOptions,
+  type ChangeFollower,
+  followDeviceEvents,
+  followRegistryChanges,
+  keepDeviceEventsFor,
+} from '../core/registry/index.js';
 import { dashboardRoutes } from '../dashboard-api/app.js';
 import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
@@ -81,6 +87,9 @@ export async function startFleet(
       },
     );
     started.push(broker);
+    const retention = keepDeviceEventsFor({ pool: db.pool, scheduler, clock, log, retentionMs: config.eventRetentionMs });
+    started.push({ close: async () => retention.stop() });
+    const events = followDeviceEvents({ connection: eventStreamConnection(db), pool: db.pool, scheduler, log });
     const api = await startProvisioningApi(
       {
         pool: db.pool,
@@ -95,9 +104,11 @@ export async function startFleet(
         trustedProxies: trustedProxies(config.proxy),
       },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
-      ({ throttle }) => dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle }),
+      ({ throttle }) => dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle, events, maxEventStreams: config.eventStreamsMax }),
     );
     started.push(api);
+    // Closed before the API: its open event streams end cleanly rather than hold the shutdown.
+    started.push(events);
     // With port 0 the address is known only now; certificates issued from here on name it.
     policy.publicUrl = pkiBaseUrl(config, api);
     // A rotation or retirement (fleet ca) in any process: sign with the new issuing CA, present a server
@@ -118,6 +129,9 @@ export async function startFleet(
     throw error;
   }
 }
+
+/** The event streams' LISTEN connection: the change feed's settings, under a name of its own in pg_stat_activity. */
+const eventStreamConnection = (db: Database) => ({ ...db.changeFeedConnection, application_name: 'fleet-auth event stream' });
 
 export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');
 

@@ -53,6 +53,10 @@ export interface FleetConfig {
   brokerMaxPacketBytes: number;
   /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
   brokerKeepaliveMaxSeconds: number;
+  /** How long device events (connects, refusals, revocations…) are kept before they are deleted. */
+  eventRetentionMs: number;
+  /** Server-Sent Event streams (GET /v1/events) one process serves at once. */
+  eventStreamsMax: number;
   /** How much of the provisioning API one client may use (FLEET_API_*). */
   apiLimits: ApiLimits;
   /** A TLS-terminating proxy in front of the API whose forwarded client certificates are believed. */
@@ -168,6 +172,8 @@ const schema = z.object({
   FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
   // MQTT's keepalive field is 16 bits.
   FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
+  FLEET_EVENT_RETENTION: duration('30d'),
+  FLEET_EVENT_STREAMS_MAX: z.coerce.number().int().min(1).max(100_000).default(100),
   FLEET_API_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(1024),
   FLEET_API_HEADERS_TIMEOUT: duration('10s'),
   FLEET_API_REQUEST_TIMEOUT: duration('2m'),
@@ -246,6 +252,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,
     brokerMaxPacketBytes: e.FLEET_BROKER_MAX_PACKET_BYTES,
     brokerKeepaliveMaxSeconds: e.FLEET_BROKER_KEEPALIVE_MAX,
+    eventRetentionMs: e.FLEET_EVENT_RETENTION,
+    eventStreamsMax: e.FLEET_EVENT_STREAMS_MAX,
     apiLimits: {
       maxConnections: e.FLEET_API_MAX_CONNECTIONS,
       headersTimeoutMs: e.FLEET_API_HEADERS_TIMEOUT,

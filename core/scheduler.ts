@@ -229,3 +229,32 @@ function checked(at: number): number {
   if (Number.isNaN(at)) throw new RangeError('a deadline must be a time, not NaN');
   return at;
 }
+
+export interface Repeating {
+  /** No further run starts; one under way finishes. */
+  stop(): void;
+}
+
+/**
+ * Runs `task` every `intervalMs` on the scheduler's time, each interval counted from the end of the
+ * run before, so runs never overlap and a slow one does not queue others behind it. The task reports
+ * its own failures; the next run comes either way.
+ */
+export function repeatEvery(scheduler: Scheduler, intervalMs: number, task: () => unknown): Repeating {
+  let stopped = false;
+  const run = () => {
+    void Promise.resolve()
+      .then(task)
+      .catch(() => undefined)
+      .finally(() => {
+        if (!stopped) deadline.reschedule(scheduler.now() + intervalMs);
+      });
+  };
+  const deadline = scheduler.at(scheduler.now() + intervalMs, run);
+  return {
+    stop() {
+      stopped = true;
+      deadline.cancel();
+    },
+  };
+}

@@ -1,5 +1,6 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { DashboardDeps } from './deps.js';
+import { eventRoutes } from './events.js';
 
 /**
  * The operators' view, served on the API's HTTPS listener: read-mostly routes for the fleet summary,
@@ -7,6 +8,5 @@ import type { DashboardDeps } from './deps.js';
  * OpenAPI document.
  */
 export function dashboardRoutes(deps: DashboardDeps): OpenAPIHono<any>[] {
-  void deps;
-  return [];
+  return [eventRoutes(deps)];
 }

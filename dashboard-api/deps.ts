@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { CredentialGate } from '../core/http/operator-auth.js';
+import type { DeviceEventFeed } from '../core/registry/index.js';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import type { Scheduler } from '../core/scheduler.js';
@@ -13,4 +14,8 @@ export interface DashboardDeps {
   log: Logger;
   /** The API's throttle: a token presented here counts against the same allowance as anywhere else. */
   throttle: CredentialGate;
+  /** The process's one follower of the device events, which every event stream reads from. */
+  events: DeviceEventFeed;
+  /** Event streams served at once; past it a new one is answered 503. */
+  maxEventStreams: number;
 }

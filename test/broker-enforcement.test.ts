@@ -185,13 +185,13 @@ describe('trust bundle', () => {
     const old = await t.enroll('retire-old');
     const log = silentLogger();
     const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
-    await announceCaChange(t.fleet.db.pool);
+    await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
     await eventually(() => t.fleet.ca.current.generation === made.generation, 'the rotation was taken up');
     const fresh = await t.enroll('retire-new');
     assert.equal((await connectDevice(port(), 'retire-old', tlsOf(old))).outcome, 'connected');
 
     await retireIssuingCa({ dataDir: t.dataDir }, made.generation - 1);
-    await announceCaChange(t.fleet.db.pool);
+    await announceCaChange(t.fleet.db.pool, { action: 'retired', generation: made.generation - 1, at: new Date() });
     await eventually(() => t.fleet.ca.issuers.length === 1, 'the retirement was taken up');
     await sleep(100);
     const refused = await connectDevice(port(), 'retire-old', tlsOf(old));

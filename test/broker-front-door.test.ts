@@ -240,13 +240,13 @@ describe('the front door of a running fleet', () => {
       issuingCa1 = t.fleet.ca.issuing.toString('pem');
       const log = silentLogger();
       const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
-      await announceCaChange(t.fleet.db.pool);
+      await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
       await eventually(() => t.fleet.ca.current.generation === made.generation, 'the rotation was taken up');
       const before = await connectDevice(port(), 'retired-1', tlsOf(t, old));
       assert.equal(before.outcome, 'connected', 'issuing CA 1 is still trusted after the rotation');
       await before.client.endAsync();
       await retireIssuingCa({ dataDir: t.dataDir }, 1);
-      await announceCaChange(t.fleet.db.pool);
+      await announceCaChange(t.fleet.db.pool, { action: 'retired', generation: 1, at: new Date() });
       await eventually(() => t.fleet.ca.issuers.length === 1, 'the retirement was taken up');
     });
 

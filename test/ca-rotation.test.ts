@@ -61,7 +61,7 @@ test('a new issuing CA signs new certificates while the old one still verifies, 
   const log = silentLogger();
   const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
   assert.equal(made.generation, 2);
-  await announceCaChange(t.fleet.db.pool);
+  await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
   await untilGeneration(2);
   assert.equal(t.fleet.ca.issuers.length, 2);
 
@@ -153,7 +153,7 @@ describe('rotation and retirement without an outage, in every running process', 
 
     const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
     assert.deepEqual(subjectsIn(await trustFileOf(t.dataDir)).slice(0, 2), [made.certificate.subject, t.fleet.ca.issuing.subject], 'rotate itself rewrites data/pki/trust.pem');
-    await announceCaChange(t.fleet.db.pool);
+    await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
     await untilGeneration(made.generation);
     await eventually(() => peer.ca.current.generation === made.generation, 'the second process reloaded the CA');
     const current = new RegExp(`Issuing CA ${made.generation}\\b`);
@@ -164,7 +164,7 @@ describe('rotation and retirement without an outage, in every running process', 
     await retireIssuingCa({ dataDir: t.dataDir }, generation);
     const trustFile = await trustFileOf(t.dataDir);
     assert.ok(!subjectsIn(trustFile).some((s) => new RegExp(`Issuing CA ${generation}\\b`).test(s)), 'retire itself rewrites data/pki/trust.pem');
-    await announceCaChange(t.fleet.db.pool);
+    await announceCaChange(t.fleet.db.pool, { action: 'retired', generation, at: new Date() });
     // Each broker ends its own session of a device of the retired CA, at once, not at its next handshake.
     await Promise.all([closed(liveA.client), closed(liveB.client)]);
     assert.equal(await metric(t.fleet.metricsPort, 'fleet_broker_retirement_closed_sessions_total'), 1);

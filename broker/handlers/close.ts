@@ -2,9 +2,10 @@ import type tls from 'node:tls';
 import type { Client } from 'aedes';
 import type { Logger } from '../../core/log.js';
 import type { Refusal } from '../admission.js';
+import type { DeviceEventRecorder, DisconnectReason } from '../events.js';
 import type { BrokerMetrics } from '../metrics.js';
 import { CountedRefusal, type Refusals } from '../refusals.js';
-import type { AdmittedSession, AdmittedSessions } from '../session.js';
+import type { AdmittedSession, AdmittedSessions, Withdrawal } from '../session.js';
 import type { CloseReason, DeviceSessions, Session } from '../sessions.js';
 import { decideSafely } from './guard.js';
 
@@ -19,6 +20,7 @@ export interface CloseDeps {
   sessions: DeviceSessions;
   admitted: AdmittedSessions;
   presence: { disconnected(deviceId: string, serial: string): void };
+  events: Pick<DeviceEventRecorder, 'disconnected'>;
   metrics: BrokerMetrics;
   refusals: Refusals;
   log: Logger;
@@ -39,8 +41,33 @@ export function protocolFailureOf(client: Client, error: Error & { errorCode?: n
   return undefined;
 }
 
+const WITHDRAWN: Record<Withdrawal, DisconnectReason> = {
+  revoked: 'revoked',
+  suspended: 'suspended',
+  expired: 'expired',
+  superseded: 'superseded',
+  issuer_retired: 'ca_retired',
+};
+
+/** Why a session's connection closed: what the broker decided first, then what aedes saw, then the device. */
+export function disconnectReasonOf(client: Client, session: AdmittedSession, shuttingDown: boolean): DisconnectReason {
+  if (session.withdrawn) return WITHDRAWN[session.withdrawn];
+  if (session.ending) return session.ending;
+  if (shuttingDown) return 'shutdown';
+  // aedes sets this on a DISCONNECT packet, and only then (it also skips the Will for it).
+  if ((client as Client & { _disconnected?: boolean })._disconnected) return 'client_disconnect';
+  return 'connection_lost';
+}
+
+/** What aedes' error says about an admitted session's end, if anything. */
+function endingOf(client: Client, error: Error): DisconnectReason | undefined {
+  if (error.message === 'keep alive timeout') return 'keepalive_timeout';
+  return protocolFailureOf(client, error) ? 'protocol_error' : undefined;
+}
+
 export function closeHandlers(deps: CloseDeps) {
   const { log } = deps;
+  let shuttingDown = false;
   return {
     /** Follows an admitted session until its connection closes. */
     opened(client: Client, session: AdmittedSession): void {
@@ -48,9 +75,15 @@ export function closeHandlers(deps: CloseDeps) {
       client.conn.once('close', () =>
         decideSafely(log, 'close', () => {
           deps.metrics.disconnected();
+          deps.events.disconnected(deviceId, serial, session.peer ?? null, disconnectReasonOf(client, session, shuttingDown));
           if (deps.sessions.count(deviceId) === 0) deps.presence.disconnected(deviceId, serial);
         }, undefined),
       );
+    },
+
+    /** The broker is stopping: sessions that close from now on without another reason closed for that. */
+    shuttingDown(): void {
+      shuttingDown = true;
     },
 
     /** DeviceSessions is about to close a session whose access is gone (revoked, suspended, expired, superseded). */
@@ -62,6 +95,8 @@ export function closeHandlers(deps: CloseDeps) {
     /** aedes' 'clientError' and 'connectionError': it has closed the connection after `error`. */
     failed(client: Client, error: Error): void {
       decideSafely(log, 'connectionError', () => {
+        const ending = endingOf(client, error);
+        if (ending) deps.admitted.ending(client, ending);
         const reason = protocolFailureOf(client, error);
         const peer = (client.conn as tls.TLSSocket).remoteAddress;
         if (reason) deps.refusals.refuse(reason, peer, { clientId: client.id ?? undefined, error: error.message });

@@ -6,6 +6,7 @@ import type { CertificateIdentity } from '../../core/registry/index.js';
 import { decideAdmission, type Refusal } from '../admission.js';
 import { verifiedPeer } from '../front-door.js';
 import { RegistryUnavailable } from '../identity.js';
+import type { DeviceEventRecorder } from '../events.js';
 import type { BrokerMetrics } from '../metrics.js';
 import { rulesFor, type TopicPolicy } from '../policy.js';
 import { checkKeepalive } from '../protection.js';
@@ -56,6 +57,7 @@ export interface ConnectDeps {
   admitted: AdmittedSessions;
   policy: TopicPolicy;
   presence: { connected(deviceId: string, serial: string, peer: string | null): void };
+  events: Pick<DeviceEventRecorder, 'connected'>;
   /** Called once a session is admitted, to follow it until it closes (see close.ts). */
   opened(client: Client, session: AdmittedSession): void;
   metrics: BrokerMetrics;
@@ -95,17 +97,22 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
     const decision = decideAdmission(identity, packet.clientId, deps.clock());
     deps.metrics.observeConnect((performance.now() - started) / 1000);
     if (!decision.admitted) {
-      return refuse(decision.reason, peer, { clientId: packet.clientId, deviceId: identity?.deviceId, fingerprint });
+      return refuse(decision.reason, peer, { clientId: packet.clientId, deviceId: identity?.deviceId, serial: identity?.serial, fingerprint });
     }
     // aedes drops the answer to a client that is gone; nothing to count, nobody to tell.
     if (socket.destroyed) return new Error('connection closed during lookup');
 
+    // aedes closes a live session with the same client id once this one registers [MQTT-3.1.4-2].
+    for (const earlier of deps.sessions.of(identity!.deviceId)) {
+      if (earlier.client.id === packet.clientId) deps.admitted.ending(earlier.client, 'takeover');
+    }
     // Registered in the same tick as the decision, so any later registry change finds the session.
     const tracked = deps.sessions.add(client, identity!, fingerprint);
     const session = deps.admitted.admit(client, tracked, rulesFor(deps.policy, identity!), peer);
     deps.opened(client, session);
     deps.metrics.connected();
     deps.presence.connected(identity!.deviceId, identity!.serial, peer ?? null);
+    deps.events.connected(identity!.deviceId, identity!.serial, peer ?? null);
     return undefined;
   }
 

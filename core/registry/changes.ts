@@ -74,6 +74,27 @@ export function parseChange(payload: string | undefined): RegistryChange | undef
 /** Told when the CA's set of issuing CAs changes (a rotation), so every process reloads it. */
 export const CA_CHANNEL = 'fleet_ca_changes';
 
-export async function announceCaChange(q: Queryable): Promise<void> {
-  await q.query('SELECT pg_notify($1, $2)', [CA_CHANNEL, 'issuers']);
+/** What happened to the issuing CAs: a rotation or import adds one that signs from now on; a retirement ends one. */
+export interface CaChange {
+  action: 'rotated' | 'imported' | 'retired';
+  /** The issuing CA's generation number. */
+  generation: number;
+  /** Its subject, when known. */
+  issuer?: string;
+  at: Date;
+}
+
+/**
+ * The device event (kind ca_changed) and the notification in one statement, so operators see every
+ * change the servers act on, and nothing they did not.
+ */
+const ANNOUNCE_CA_CHANGE = `
+  WITH recorded AS (
+    INSERT INTO device_events (at, kind, reason, details) VALUES ($1, 'ca_changed', $2, $3) RETURNING id
+  )
+  SELECT pg_notify($4, 'issuers') FROM recorded`;
+
+export async function announceCaChange(q: Queryable, change: CaChange): Promise<void> {
+  const details = { generation: change.generation, ...(change.issuer === undefined ? {} : { issuer: change.issuer }) };
+  await q.query(ANNOUNCE_CA_CHANGE, [change.at, change.action, details, CA_CHANNEL]);
 }

@@ -91,6 +91,39 @@ export async function eventsOfDevice(
   return (await q.query(SELECT_DEVICE_EVENTS, [deviceId, page.beforeId ?? Number.MAX_SAFE_INTEGER, page.limit])).rows.map(toEvent);
 }
 
+/** What a reader wants to see: one device's events, some kinds, or both; empty means everything. */
+export interface DeviceEventFilter {
+  deviceId?: string;
+  kinds?: readonly DeviceEventKind[];
+}
+
+export const matchesEventFilter = (event: DeviceEvent, filter: DeviceEventFilter): boolean =>
+  (filter.deviceId === undefined || event.deviceId === filter.deviceId) && (filter.kinds === undefined || filter.kinds.includes(event.kind));
+
+const SELECT_RECENT_EVENTS = `
+  SELECT ${EVENT_COLUMNS} FROM device_events
+  WHERE ($1::text IS NULL OR device_id = $1) AND ($2::text[] IS NULL OR kind = ANY($2))
+  ORDER BY id DESC LIMIT $3`;
+
+/** The latest events matching `filter`, newest first: what `fleet events` shows before it follows. */
+export async function recentDeviceEvents(q: Queryable, filter: DeviceEventFilter, limit: number): Promise<DeviceEvent[]> {
+  const { rows } = await q.query(SELECT_RECENT_EVENTS, [filter.deviceId ?? null, filter.kinds ?? null, limit]);
+  return rows.map(toEvent);
+}
+
+/**
+ * Every event after `afterId` matching `filter`, in id order, a page at a time: ids become visible in
+ * commit order (sql/008), so reading on from the last one seen misses nothing.
+ */
+export async function* deviceEventsSince(q: Queryable, afterId: number, filter: DeviceEventFilter, pageSize = 500): AsyncGenerator<DeviceEvent> {
+  for (let cursor = afterId; ; ) {
+    const page = await deviceEventsAfter(q, cursor, pageSize);
+    for (const event of page) if (matchesEventFilter(event, filter)) yield event;
+    if (page.length < pageSize) return;
+    cursor = page.at(-1)!.id;
+  }
+}
+
 export async function latestDeviceEventId(q: Queryable): Promise<number> {
   return Number((await q.query(SELECT_LATEST_EVENT)).rows[0].id);
 }

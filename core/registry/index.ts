@@ -8,6 +8,8 @@ export * from './change-feed.js';
 export * from './devices.js';
 export * from './enrollment.js';
 export * from './enrollment-tokens.js';
+export * from './event-feed.js';
+export * from './event-retention.js';
 export * from './events.js';
 export * from './identity-kinds.js';
 export * from './issuance.js';

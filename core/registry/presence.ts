@@ -6,6 +6,8 @@ export interface PresenceUpdate {
   connected: boolean;
   at: Date;
   peerAddress: string | null;
+  /** The certificate the session presented; cleared when the device goes offline. */
+  serial: string | null;
 }
 
 /**
@@ -17,8 +19,9 @@ const RECORD_PRESENCE = `
     connected = u.connected,
     connected_since = CASE WHEN u.connected THEN u.at ELSE NULL END,
     last_seen_at = u.at,
-    peer_address = coalesce(u.peer, d.peer_address)
-  FROM unnest($1::text[], $2::boolean[], $3::timestamptz[], $4::text[]) AS u (id, connected, at, peer)
+    peer_address = coalesce(u.peer, d.peer_address),
+    connected_serial = CASE WHEN u.connected THEN u.serial ELSE NULL END
+  FROM unnest($1::text[], $2::boolean[], $3::timestamptz[], $4::text[], $5::text[]) AS u (id, connected, at, peer, serial)
   WHERE d.id = u.id AND (d.last_seen_at IS NULL OR d.last_seen_at <= u.at)`;
 
 export async function recordPresence(q: Queryable, updates: PresenceUpdate[]): Promise<void> {
@@ -28,10 +31,11 @@ export async function recordPresence(q: Queryable, updates: PresenceUpdate[]): P
     updates.map((u) => u.connected),
     updates.map((u) => u.at),
     updates.map((u) => u.peerAddress),
+    updates.map((u) => u.serial),
   ]);
 }
 
-const FORGET_CONNECTIONS = `UPDATE devices SET connected = false, connected_since = NULL WHERE connected`;
+const FORGET_CONNECTIONS = `UPDATE devices SET connected = false, connected_since = NULL, connected_serial = NULL WHERE connected`;
 
 /**
  * A broker starting has no sessions yet: whatever the registry says is connected was left over by a
@@ -41,7 +45,7 @@ export async function forgetConnections(q: Queryable): Promise<number> {
   return (await q.query(FORGET_CONNECTIONS)).rowCount ?? 0;
 }
 
-const DISCONNECT_ALL = `UPDATE devices SET connected = false, connected_since = NULL, last_seen_at = $1 WHERE connected`;
+const DISCONNECT_ALL = `UPDATE devices SET connected = false, connected_since = NULL, connected_serial = NULL, last_seen_at = $1 WHERE connected`;
 
 /**
  * A broker stopping has closed every session: each device it showed connected was last seen now.

@@ -5,11 +5,8 @@ import { type ProcessResult, run } from './openssl.js';
 
 const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 
-/**
- * The fleet command as an operator runs it beside a test fleet: its data directory and database.
- * `env` adds variables; an undefined value removes one (say, DATABASE_URL on the offline root's machine).
- */
-export function fleetCli(t: TestFleet, args: string[], env: Record<string, string | undefined> = {}): Promise<ProcessResult> {
+/** The environment the fleet command gets beside a test fleet; `env` adds variables, an undefined value removes one. */
+export function fleetCliEnv(t: TestFleet, env: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
   const full: NodeJS.ProcessEnv = { ...process.env, FLEET_DATA_DIR: t.dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'warn' };
   if (t.config.databaseUrl) full.DATABASE_URL = t.config.databaseUrl;
   else delete full.DATABASE_URL;
@@ -17,5 +14,16 @@ export function fleetCli(t: TestFleet, args: string[], env: Record<string, strin
     if (value === undefined) delete full[name];
     else full[name] = value;
   }
-  return run(process.execPath, [FLEET, ...args], { env: full });
+  return full;
 }
+
+/**
+ * The fleet command as an operator runs it beside a test fleet: its data directory and database.
+ * `env` adds variables; an undefined value removes one (say, DATABASE_URL on the offline root's machine).
+ */
+export function fleetCli(t: TestFleet, args: string[], env: Record<string, string | undefined> = {}): Promise<ProcessResult> {
+  return run(process.execPath, [FLEET, ...args], { env: fleetCliEnv(t, env) });
+}
+
+/** The path of the built fleet command, for a test that spawns it itself (a long-running --follow). */
+export const fleetCommand = FLEET;
