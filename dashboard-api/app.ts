@@ -1,5 +1,9 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
+import { auditLogRoutes } from './audit-log.js';
+import { certificateReportRoutes } from './certificates.js';
 import type { DashboardDeps } from './deps.js';
+import { deviceListRoutes } from './devices.js';
+import { summaryRoutes } from './summary.js';
 
 /**
  * The operators' view, served on the API's HTTPS listener: read-mostly routes for the fleet summary,
@@ -7,6 +11,10 @@ import type { DashboardDeps } from './deps.js';
  * OpenAPI document.
  */
 export function dashboardRoutes(deps: DashboardDeps): OpenAPIHono<any>[] {
-  void deps;
-  return [];
+  return [
+    summaryRoutes(deps),
+    deviceListRoutes(deps),
+    certificateReportRoutes(deps),
+    auditLogRoutes(deps),
+  ];
 }
