@@ -18,4 +18,4 @@ export { ENROLLMENT_TOKEN_PREFIX, OPERATOR_TOKEN_PREFIX } from './secrets.js';
 export * from './certificate-list.js';
 export * from './device-list.js';
 export * from './fleet-summary.js';
-export { MAX_PAGE_SIZE } from './page-cursor.js';
+export { encodeCursor, MAX_PAGE_SIZE } from './page-cursor.js';
