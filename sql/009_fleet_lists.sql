@@ -29,3 +29,52 @@ CREATE INDEX audit_log_actor_idx ON audit_log (actor, at, id);
 CREATE INDEX audit_log_action_idx ON audit_log (action, at, id);
 CREATE INDEX audit_log_device_order_idx ON audit_log (device_id, at, id) WHERE device_id IS NOT NULL;
 DROP INDEX audit_log_device_idx;
+
+-- Devices by status and kind for the fleet summary, kept as they change: counting a million rows
+-- on every look at the summary would read the whole table. Each change appends a row of deltas
+-- (appending takes no lock another writer waits for); the summary adds them up and folds them back
+-- into one row per status and kind now and then. Presence updates do not name status or kind, so
+-- the broker's connect path never fires these triggers.
+CREATE TABLE device_counts (
+  status  text NOT NULL,
+  kind    text NOT NULL,
+  delta   bigint NOT NULL
+);
+INSERT INTO device_counts (status, kind, delta) SELECT status, kind, count(*) FROM devices GROUP BY status, kind;
+
+CREATE FUNCTION device_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO device_counts (status, kind, delta) SELECT status, kind, count(*) FROM inserted_devices GROUP BY status, kind;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER device_counts_inserted
+  AFTER INSERT ON devices REFERENCING NEW TABLE AS inserted_devices
+  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_inserted();
+
+CREATE FUNCTION device_counts_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO device_counts (status, kind, delta) SELECT status, kind, -count(*) FROM deleted_devices GROUP BY status, kind;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER device_counts_deleted
+  AFTER DELETE ON devices REFERENCING OLD TABLE AS deleted_devices
+  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_deleted();
+
+CREATE FUNCTION device_counts_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO device_counts (status, kind, delta) VALUES (OLD.status, OLD.kind, -1), (NEW.status, NEW.kind, 1);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER device_counts_changed
+  AFTER UPDATE OF status, kind ON devices
+  FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.kind IS DISTINCT FROM NEW.kind)
+  EXECUTE FUNCTION device_counts_changed();
+
+CREATE FUNCTION device_counts_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM device_counts;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER device_counts_truncated
+  AFTER TRUNCATE ON devices
+  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_truncated();

@@ -318,6 +318,27 @@ describe('GET /v1/fleet/summary', () => {
     assert.equal(after.today.revocations - mid.today.revocations, 4, 'today only');
   });
 
+  test('device counts stay exact through bulk changes, and their change rows are folded', async () => {
+    const truth = async () => {
+      const { rows } = await t.fleet.db.pool.query(`SELECT status, kind, count(*)::int AS n FROM devices GROUP BY status, kind`);
+      const byStatus: Record<string, number> = { pending: 0, active: 0, suspended: 0, revoked: 0 };
+      const byKind: Record<string, number> = { device: 0, service: 0 };
+      for (const r of rows) {
+        byStatus[r.status] += r.n;
+        byKind[r.kind] += r.n;
+      }
+      return { byStatus, byKind };
+    };
+    await seed(Array.from({ length: 250 }, (_, i) => ({ id: `fold-${i}` })), 'fold-batch');
+    await t.api('POST', '/v1/batches/fold-batch/revoke', { token: operator });
+    const counted = await get('/v1/fleet/summary');
+    assert.deepEqual({ byStatus: counted.devices.byStatus, byKind: counted.devices.byKind }, await truth());
+    const { rows } = await t.fleet.db.pool.query(`SELECT count(*)::int AS n FROM device_counts`);
+    assert.ok(rows[0].n <= 8, `folded to one row per status and kind, not ${rows[0].n}`);
+    const again = await get('/v1/fleet/summary');
+    assert.deepEqual({ byStatus: again.devices.byStatus, byKind: again.devices.byKind }, await truth());
+  });
+
   test('online counts connected devices', async () => {
     const before = (await get('/v1/fleet/summary')).devices.online;
     const device = await t.enroll('sum-live');

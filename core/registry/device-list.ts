@@ -29,7 +29,7 @@ export interface ListedDevice extends Device {
  * planner, which sees the values, drops its condition, so each page walks the index of the filter it
  * has, in id order (byte-wise, COLLATE "C"), from the cursor on.
  */
-const SELECT_DEVICE_PAGE = `
+const DEVICE_PAGE = `
   SELECT ${DEVICE_COLUMNS},
     (SELECT max(c.not_after) FROM certificates c WHERE c.device_id = d.id AND c.status = 'active') AS certificate_not_after
   FROM devices d
@@ -39,12 +39,19 @@ const SELECT_DEVICE_PAGE = `
     AND ($4::text IS NULL OR d.batch = $4::text)
     AND ($5::text IS NULL OR d.profile = $5::text)
     AND ($6::boolean IS NULL OR d.connected = $6::boolean)
-    AND ($7::timestamptz IS NULL OR EXISTS (
-          SELECT 1 FROM certificates c WHERE c.device_id = d.id AND c.status = 'active' AND c.not_after < $7::timestamptz))
-    AND ($8::text IS NULL OR (d.id COLLATE "C" >= $8::text COLLATE "C" AND d.id COLLATE "C" < $9::text COLLATE "C"))
-    AND ($10::jsonb IS NULL OR d.metadata @> $10::jsonb OR d.metadata @> $11::jsonb)
-  ORDER BY d.id COLLATE "C"
-  LIMIT $12`;
+    AND ($7::text IS NULL OR (d.id COLLATE "C" >= $7::text COLLATE "C" AND d.id COLLATE "C" < $8::text COLLATE "C"))
+    AND ($9::jsonb IS NULL OR d.metadata @> $9::jsonb OR d.metadata @> $10::jsonb)`;
+
+const SELECT_DEVICE_PAGE = `${DEVICE_PAGE} ORDER BY d.id COLLATE "C" LIMIT $11`;
+
+/**
+ * With expiringBefore the certificate condition stands alone, outside any "parameter IS NULL OR", so
+ * the planner can make it a semi-join and pick a side: walk devices in id order and probe each one's
+ * active certificate when many match, or start from the certificates ending before then when few do.
+ */
+const SELECT_EXPIRING_DEVICE_PAGE = `${DEVICE_PAGE}
+    AND EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = d.id AND c.status = 'active' AND c.not_after < $12::timestamptz)
+  ORDER BY d.id COLLATE "C" LIMIT $11`;
 
 const DEVICE_LIST = 'devices';
 
@@ -53,20 +60,22 @@ export async function listDevices(q: Queryable, filter: DeviceListFilter): Promi
   const limit = pageSize(filter.limit);
   const after = decodeCursor(DEVICE_LIST, filter.cursor, DEVICE_ID_PATTERN);
   const search = parseQuery(filter.q);
-  const { rows } = await q.query(SELECT_DEVICE_PAGE, [
+  const values = [
     after ?? null,
     filter.status ?? null,
     filter.kind ?? null,
     filter.batch ?? null,
     filter.profile ?? null,
     filter.online ?? null,
-    filter.expiringBefore ?? null,
     search.prefix ?? null,
     search.prefix === undefined ? null : prefixEnd(search.prefix),
     search.metadata?.[0] ?? null,
     search.metadata?.[1] ?? null,
     limit + 1,
-  ]);
+  ];
+  const { rows } = filter.expiringBefore
+    ? await q.query(SELECT_EXPIRING_DEVICE_PAGE, [...values, filter.expiringBefore])
+    : await q.query(SELECT_DEVICE_PAGE, values);
   const page = toPage(rows, limit, toListedDevice, (r) => r.id, DEVICE_LIST);
   return { devices: page.items, nextCursor: page.nextCursor };
 }

@@ -37,6 +37,7 @@ interface Options {
   devices: number;
   requests: number;
   out: string;
+  keep?: boolean;
 }
 
 const DAY = 86_400_000;
@@ -65,6 +66,7 @@ function parseOptions(argv: string[]): Options {
     .option('--devices <n>', 'devices to seed (as many certificates: one each, less the pending devices, plus earlier superseded ones)', positiveInteger, 1_000_000)
     .option('--requests <n>', 'timed requests per page (after 20 untimed)', positiveInteger, 200)
     .option('--out <dir>', 'where to write the results', path.join(projectRoot, 'bench', 'results'))
+    .option('--keep', 'keep the seeded database (its URL is printed) to look at plans in psql; drop it yourself after')
     .addHelpText('after', '\nExample: DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run bench:dashboard -- --devices 100000')
     .parse(argv)
     .opts<Options>();
@@ -409,8 +411,13 @@ async function main(): Promise<number> {
     return scanned.length ? 1 : 0;
   } finally {
     http.close();
-    say('dropping the bench database…');
-    await fleet.close();
+    if (options.keep) {
+      await fleet.fleet.close();
+      say(`kept the database: ${fleet.fleet.db.url}`);
+    } else {
+      say('dropping the bench database…');
+      await fleet.close();
+    }
   }
 }
 

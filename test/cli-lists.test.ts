@@ -1,0 +1,149 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createOperatorToken, recordDeviceEvents, registerDevices } from '../core/registry/index.js';
+import { fleetCli } from './support/cli.js';
+import { startTestFleet, type TestFleet } from './support/fleet.js';
+import { closed, connectDevice } from './support/mqtt.js';
+import { eventually } from './support/wait.js';
+
+/*
+ * The listing commands as an operator runs them beside a fleet: tables for people, --json for
+ * scripts, paging by the cursor printed on stderr, and never a secret.
+ */
+
+let t: TestFleet;
+before(async () => {
+  t = await startTestFleet();
+});
+after(() => t?.close());
+
+const fleet = (...args: string[]) => fleetCli(t, args);
+const ok = async (...args: string[]) => {
+  const res = await fleet(...args);
+  assert.equal(res.code, 0, `fleet ${args.join(' ')}: ${res.stderr}`);
+  return res;
+};
+const json = async (...args: string[]) => JSON.parse((await ok(...args, '--json')).stdout);
+
+describe('fleet device list', () => {
+  test('pages through every device exactly once, following the cursor it prints on stderr', async () => {
+    const ids = Array.from({ length: 7 }, (_, i) => `cli-page-${i}`);
+    await registerDevices(t.fleet.db.pool, { devices: ids.map((id) => ({ id })), actor: 'test', tokenTtlMs: 86_400_000, now: new Date() });
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    for (let pages = 0; pages < 10; pages++) {
+      const res = await ok('device', 'list', '--q', 'cli-page-', '--limit', '3', ...(cursor ? ['--cursor', cursor] : []));
+      const rows = res.stdout.trimEnd().split('\n');
+      assert.match(rows[0]!, /^ID\s+STATUS\s+KIND\s+BATCH\s+PROFILE\s+ONLINE\s+LAST SEEN\s+CERTIFICATE ENDS$/);
+      seen.push(...rows.slice(1).map((r) => r.split(/\s+/)[0]!));
+      cursor = /--cursor (\S+)/.exec(res.stderr)?.[1];
+      if (!cursor) break;
+    }
+    assert.deepEqual(seen, ids);
+  });
+
+  test('filters by status, metadata and online, and --json gives the list and its cursor', async () => {
+    await registerDevices(t.fleet.db.pool, {
+      devices: [{ id: 'cli-f-1', metadata: { site: 'north' } }, { id: 'cli-f-2', metadata: { site: 'south' } }],
+      batch: 'cli-batch',
+      actor: 'test',
+      tokenTtlMs: 86_400_000,
+      now: new Date(),
+    });
+    const north = await json('device', 'list', '--q', 'site=north');
+    assert.deepEqual(north.devices.map((d: any) => d.id), ['cli-f-1']);
+    assert.equal(north.nextCursor, null);
+    const batch = await json('device', 'list', '--batch', 'cli-batch', '--status', 'pending', '--limit', '1');
+    assert.deepEqual(batch.devices.map((d: any) => d.id), ['cli-f-1']);
+    assert.ok(batch.nextCursor, 'a cursor for the second device');
+
+    const device = await t.enroll('cli-live');
+    const { client } = await connectDevice(t.fleet.broker.port, 'cli-live', { ca: t.rootPem, cert: device.certificatePem, key: device.identity.keyPem });
+    await eventually(async () => (await t.fleet.db.pool.query(`SELECT connected FROM devices WHERE id = 'cli-live'`)).rows[0].connected, 'presence recorded');
+    assert.deepEqual((await json('device', 'list', '--q', 'cli-', '--online')).devices.map((d: any) => d.id), ['cli-live']);
+    assert.ok(!(await json('device', 'list', '--q', 'cli-', '--offline')).devices.some((d: any) => d.id === 'cli-live'));
+    client.end(true);
+    await closed(client);
+  });
+
+  test('a bad filter is refused with what to give instead', async () => {
+    const status = await fleet('device', 'list', '--status', 'sleeping');
+    assert.notEqual(status.code, 0);
+    assert.match(status.stderr, /Allowed choices are pending, active, suspended, revoked/);
+    const when = await fleet('device', 'list', '--expiring-before', 'next week');
+    assert.notEqual(when.code, 0);
+    assert.match(when.stderr, /ISO 8601/);
+    const q = await fleet('device', 'list', '--q', 'has space');
+    assert.equal(q.code, 1);
+    assert.match(q.stderr, /q: is neither an id prefix/);
+    const cursor = await fleet('device', 'list', '--cursor', 'nonsense');
+    assert.equal(cursor.code, 1);
+    assert.match(cursor.stderr, /cursor/);
+  });
+});
+
+describe('fleet device show', () => {
+  test('shows the device, its certificates, session and recent events, as text and JSON', async () => {
+    const device = await t.enroll('cli-show');
+    await recordDeviceEvents(t.fleet.db.pool, [
+      { at: new Date(Date.now() - 60_000), kind: 'connected', deviceId: 'cli-show', address: '192.0.2.7' },
+      { at: new Date(), kind: 'disconnected', deviceId: 'cli-show', reason: 'keepalive_timeout' },
+    ]);
+    const text = (await ok('device', 'show', 'cli-show')).stdout;
+    assert.match(text, /^id\s+cli-show$/m);
+    assert.match(text, /^status\s+active$/m);
+    assert.match(text, /^session\s+not connected$/m);
+    assert.ok(text.includes(device.serial), 'the certificate is listed');
+    const events = text.slice(text.indexOf('Recent events')).split('\n').slice(2, 4).map((line) => line.split(/\s+/).slice(1, 3));
+    assert.deepEqual(events, [['disconnected', 'keepalive_timeout'], ['connected', '-']], 'newest first, with the reason');
+
+    const shown = await json('device', 'show', 'cli-show');
+    assert.equal(shown.certificates[0].serial, device.serial);
+    assert.deepEqual(shown.session, { connected: false, since: null, address: null, serial: null });
+    assert.deepEqual(shown.events.map((e: any) => e.kind).slice(0, 2), ['disconnected', 'connected']);
+    assert.doesNotMatch(JSON.stringify(shown), /PRIVATE KEY|fleet_enroll_|token/i);
+
+    const missing = await fleet('device', 'show', 'nobody-here');
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /no device nobody-here is registered; list them with: fleet device list/);
+  });
+});
+
+describe('fleet token list', () => {
+  test('--json lists every token with its role and state, and never a token or its hash', async () => {
+    const viewer = await createOperatorToken(t.fleet.db.pool, { name: 'dashboards', role: 'viewer', actor: 'test', now: new Date(), ttlMs: 3_600_000 });
+    const res = await ok('token', 'list', '--json');
+    const listed = JSON.parse(res.stdout).find((x: any) => x.id === viewer.id);
+    assert.equal(listed.role, 'viewer');
+    assert.equal(listed.name, 'dashboards');
+    assert.equal(listed.expiresAt, viewer.expiresAt!.toISOString());
+    const table = (await ok('token', 'list')).stdout;
+    assert.match(table, new RegExp(`^${viewer.id}\\s+viewer\\s+active\\s+dashboards`, 'm'));
+    const { rows } = await t.fleet.db.pool.query(`SELECT encode(token_hash, 'hex') AS hex, encode(token_hash, 'base64') AS b64 FROM operator_tokens`);
+    for (const out of [res.stdout, table]) {
+      assert.ok(!out.includes(viewer.token) && !out.includes(t.adminToken), 'no token');
+      for (const { hex, b64 } of rows) assert.ok(!out.includes(hex) && !out.includes(b64), 'no hash');
+    }
+  });
+});
+
+describe('fleet ca list', () => {
+  test('shows the root and each issuing CA: which signs, which are trusted, which retired', async () => {
+    const first = await json('ca', 'list');
+    assert.deepEqual(first.map((g: any) => [g.generation, g.role, g.state]), [[1, 'issuing', 'signing'], [0, 'root', 'trusted']]);
+    assert.equal(first[0].subject, 'CN=fleet-auth Issuing CA 1, O=fleet-auth');
+    assert.ok(Date.parse(first[0].notAfter) > Date.now());
+    assert.match(first[0].keyId, /^[0-9a-f]{40}$/);
+
+    await ok('ca', 'rotate');
+    await ok('ca', 'retire', '1');
+    await ok('ca', 'rotate');
+    const after = await json('ca', 'list');
+    assert.deepEqual(after.map((g: any) => [g.generation, g.state]), [[3, 'signing'], [2, 'trusted'], [1, 'retired'], [0, 'trusted']]);
+    const table = (await ok('ca', 'list')).stdout.trimEnd().split('\n');
+    assert.match(table[0]!, /^GENERATION\s+ROLE\s+STATE\s+SUBJECT\s+KEY ID\s+NOT BEFORE\s+NOT AFTER$/);
+    assert.match(table[1]!, /^3\s+issuing\s+signing\s+CN=fleet-auth Issuing CA 3/);
+    assert.match(table[4]!, /^root\s+root\s+trusted/);
+    assert.doesNotMatch(table.join('\n'), /PRIVATE KEY/);
+  });
+});
