@@ -137,9 +137,15 @@ describe('fleet ca list', () => {
 
     await ok('ca', 'rotate');
     await ok('ca', 'retire', '1');
+    await ok('ca', 'rotate');
     const after = await json('ca', 'list');
-    assert.deepEqual(after.map((g: any) => [g.generation, g.role, g.state]), [[2, 'issuing', 'signing'], [1, 'issuing', 'retired'], [0, 'root', 'trusted']]);
-    assert.equal(after[0].subject, 'CN=fleet-auth Issuing CA 2, O=fleet-auth');
+    assert.deepEqual(after.map((g: any) => [g.generation, g.role, g.state]), [
+      [3, 'issuing', 'signing'],
+      [2, 'issuing', 'trusted'],
+      [1, 'issuing', 'retired'],
+      [0, 'root', 'trusted'],
+    ]);
+    assert.equal(after[0].subject, 'CN=fleet-auth Issuing CA 3, O=fleet-auth');
     assert.ok(Date.parse(after[0].notAfter) > Date.now() && Date.parse(after[0].notBefore) <= Date.now() + 60_000);
     assert.doesNotMatch(table.join('\n') + JSON.stringify(after), /PRIVATE KEY/);
   });
