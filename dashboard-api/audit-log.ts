@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { type OperatorVariables, requireOperator } from '../core/http/operator-auth.js';
-import { apiRouter } from '../core/http/router.js';
-import { IsoTime, isoDates, pageQuery, problemResponses } from '../core/http/schemas.js';
+import { IsoTime, isoDates, pageQuery, pageResponses } from '../core/http/schemas.js';
 import { DEVICE_ID_PATTERN, DEVICE_ID_RULE, listAuditLog } from '../core/registry/index.js';
 import type { DashboardDeps } from './deps.js';
+import { readRoute } from './read-route.js';
 
 const Entry = z
   .object({
@@ -32,22 +31,12 @@ const log = createRoute({
       ...pageQuery(500, 50),
     }),
   },
-  responses: {
-    200: {
-      description: 'a page of entries; nextCursor is null on the last page',
-      content: { 'application/json': { schema: z.object({ entries: z.array(Entry), nextCursor: z.string().nullable() }) } },
-    },
-    ...problemResponses(400, 401, 403),
-  },
+  responses: pageResponses('entries', Entry, 'audit log entries'),
 });
 
-export function auditLogRoutes(deps: DashboardDeps) {
-  const app = apiRouter<{ Variables: OperatorVariables }>();
-  app.on('GET', '/v1/audit-log', requireOperator(deps, 'read'));
-  app.openapi(log, async (c) => {
+export const auditLogRoutes = (deps: DashboardDeps) =>
+  readRoute(deps, log, async (c) => {
     const { device, ...filter } = c.req.valid('query');
     const page = await listAuditLog(deps.pool, { ...filter, deviceId: device });
     return c.json({ entries: page.entries.map(isoDates), nextCursor: page.nextCursor }, 200);
   });
-  return app;
-}

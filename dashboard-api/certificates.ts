@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { type OperatorVariables, requireOperator } from '../core/http/operator-auth.js';
-import { apiRouter } from '../core/http/router.js';
-import { IsoTime, isoDates, pageQuery, problemResponses } from '../core/http/schemas.js';
+import { IsoTime, isoDates, pageQuery, pageResponses } from '../core/http/schemas.js';
 import { CERTIFICATE_STATUSES, listCertificates } from '../core/registry/index.js';
 import type { DashboardDeps } from './deps.js';
+import { readRoute } from './read-route.js';
 
 const ReportLine = z
   .object({
@@ -28,21 +27,11 @@ const report = createRoute({
       ...pageQuery(500, 50),
     }),
   },
-  responses: {
-    200: {
-      description: 'a page of certificates; nextCursor is null on the last page',
-      content: { 'application/json': { schema: z.object({ certificates: z.array(ReportLine), nextCursor: z.string().nullable() }) } },
-    },
-    ...problemResponses(400, 401, 403),
-  },
+  responses: pageResponses('certificates', ReportLine, 'certificates'),
 });
 
-export function certificateReportRoutes(deps: DashboardDeps) {
-  const app = apiRouter<{ Variables: OperatorVariables }>();
-  app.on('GET', '/v1/certificates', requireOperator(deps, 'read'));
-  app.openapi(report, async (c) => {
+export const certificateReportRoutes = (deps: DashboardDeps) =>
+  readRoute(deps, report, async (c) => {
     const page = await listCertificates(deps.pool, c.req.valid('query'));
     return c.json({ certificates: page.certificates.map(isoDates), nextCursor: page.nextCursor }, 200);
   });
-  return app;
-}

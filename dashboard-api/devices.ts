@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { type OperatorVariables, requireOperator } from '../core/http/operator-auth.js';
-import { apiRouter } from '../core/http/router.js';
-import { Device, IsoTime, isoDates, pageQuery, problemResponses } from '../core/http/schemas.js';
+import { Device, IsoTime, isoDates, pageQuery, pageResponses } from '../core/http/schemas.js';
 import { DEVICE_ID_PATTERN, DEVICE_ID_RULE, DEVICE_STATUSES, IDENTITY_KINDS, listDevices } from '../core/registry/index.js';
 import type { DashboardDeps } from './deps.js';
+import { readRoute } from './read-route.js';
 
 export const DeviceRow = Device.extend({
   certificateNotAfter: z.string().nullable().openapi({ description: "when the device's active certificate ends" }),
@@ -26,22 +25,12 @@ const list = createRoute({
   summary: 'Devices in id order, filtered, a page at a time (keyset paging: pass nextCursor back as cursor)',
   security: [{ operatorToken: [] }],
   request: { query: ListQuery },
-  responses: {
-    200: {
-      description: 'a page of devices; nextCursor is null on the last page',
-      content: { 'application/json': { schema: z.object({ devices: z.array(DeviceRow), nextCursor: z.string().nullable() }) } },
-    },
-    ...problemResponses(400, 401, 403),
-  },
+  responses: pageResponses('devices', DeviceRow, 'devices'),
 });
 
-export function deviceListRoutes(deps: DashboardDeps) {
-  const app = apiRouter<{ Variables: OperatorVariables }>();
-  app.on('GET', '/v1/devices', requireOperator(deps, 'read'));
-  app.openapi(list, async (c) => {
+export const deviceListRoutes = (deps: DashboardDeps) =>
+  readRoute(deps, list, async (c) => {
     const { online, ...filter } = c.req.valid('query');
     const page = await listDevices(deps.pool, { ...filter, online: online === undefined ? undefined : online === 'true' });
     return c.json({ devices: page.devices.map(isoDates), nextCursor: page.nextCursor }, 200);
   });
-  return app;
-}

@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { type OperatorVariables, requireOperator } from '../core/http/operator-auth.js';
-import { apiRouter } from '../core/http/router.js';
 import { problemResponses } from '../core/http/schemas.js';
 import { fleetSummary } from '../core/registry/index.js';
 import type { DashboardDeps } from './deps.js';
+import { readRoute } from './read-route.js';
 
 const count = z.number().int();
 const Summary = z
@@ -28,12 +27,8 @@ const summary = createRoute({
   responses: { 200: { description: 'the summary', content: { 'application/json': { schema: Summary } } }, ...problemResponses(401, 403) },
 });
 
-export function summaryRoutes(deps: DashboardDeps) {
-  const app = apiRouter<{ Variables: OperatorVariables }>();
-  app.use('/v1/fleet/summary', requireOperator(deps, 'read'));
-  app.openapi(summary, async (c) => {
+export const summaryRoutes = (deps: DashboardDeps) =>
+  readRoute(deps, summary, async (c) => {
     const s = await fleetSummary(deps.pool, deps.clock());
     return c.json({ ...s, at: s.at.toISOString() }, 200);
   });
-  return app;
-}

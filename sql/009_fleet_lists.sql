@@ -42,23 +42,22 @@ CREATE TABLE device_counts (
 );
 INSERT INTO device_counts (status, kind, delta) SELECT status, kind, count(*) FROM devices GROUP BY status, kind;
 
-CREATE FUNCTION device_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Whole statements (a bulk registration of 10,000 devices appends one row per status and kind).
+CREATE FUNCTION device_counts_added_or_removed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  INSERT INTO device_counts (status, kind, delta) SELECT status, kind, count(*) FROM inserted_devices GROUP BY status, kind;
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO device_counts (status, kind, delta) SELECT status, kind, count(*) FROM inserted_devices GROUP BY status, kind;
+  ELSE
+    INSERT INTO device_counts (status, kind, delta) SELECT status, kind, -count(*) FROM deleted_devices GROUP BY status, kind;
+  END IF;
   RETURN NULL;
 END $$;
 CREATE TRIGGER device_counts_inserted
   AFTER INSERT ON devices REFERENCING NEW TABLE AS inserted_devices
-  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_inserted();
-
-CREATE FUNCTION device_counts_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO device_counts (status, kind, delta) SELECT status, kind, -count(*) FROM deleted_devices GROUP BY status, kind;
-  RETURN NULL;
-END $$;
+  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_added_or_removed();
 CREATE TRIGGER device_counts_deleted
   AFTER DELETE ON devices REFERENCING OLD TABLE AS deleted_devices
-  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_deleted();
+  FOR EACH STATEMENT EXECUTE FUNCTION device_counts_added_or_removed();
 
 CREATE FUNCTION device_counts_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -92,3 +92,12 @@ export const pageQuery = (max: number, fallback: number) => ({
     .openapi({ type: 'integer', minimum: 1, maximum: max, description: `rows per page, 1 to ${max} (default ${fallback})` }),
   cursor: z.string().max(512).optional().openapi({ description: "the previous page's nextCursor, as it is" }),
 });
+
+/** A list route's answers: a page of `key` rows with the next page's cursor, or a problem. */
+export const pageResponses = <T extends z.ZodType>(key: string, row: T, what: string) => ({
+  200: {
+    description: `a page of ${what}; nextCursor is null on the last page`,
+    content: { 'application/json': { schema: z.object({ [key]: z.array(row), nextCursor: z.string().nullable() }) } },
+  },
+  ...problemResponses(400, 401, 403),
+});

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { pino } from 'pino';
@@ -31,6 +31,7 @@ import {
   listCertificates,
   listDevices,
 } from '../../core/registry/index.js';
+import { percentile, positiveInteger } from './figures.js';
 import { startTestFleet, type TestFleet } from '../support/fleet.js';
 
 interface Options {
@@ -45,12 +46,6 @@ const STATUSES = ['active', 'active', 'active', 'active', 'active', 'active', 'a
 const PROFILES = ['mcu-p256', 'gateway-p384', 'camera-p256', 'meter-p256', 'tracker-p256'];
 const BATCHES = 1000;
 const ISSUER = 'CN=fleet-auth Issuing CA 1, O=fleet-auth';
-
-const positiveInteger = (value: string): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('a whole number of 1 or more');
-  return n;
-};
 
 function parseOptions(argv: string[]): Options {
   return new Command()
@@ -214,9 +209,6 @@ function client(fleet: TestFleet, token: string) {
     close: () => agent.destroy(),
   };
 }
-
-/** Nearest-rank percentile of sorted values. */
-const percentile = (sorted: number[], p: number): number => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN;
 
 interface Page {
   name: string;
