@@ -1,31 +1,19 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { createOperatorToken } from '../core/registry/index.js';
-import { fleetCli } from './support/cli.js';
-import { startTestFleet, type TestFleet } from './support/fleet.js';
+import { cliBesideFleet } from './support/cli.js';
+import { startTestFleet } from './support/fleet.js';
 
 /*
  * The token and CA listings as an operator runs them beside a fleet: tables for people, --json for
  * scripts, and never a token, a hash or a key.
  */
 
-let t: TestFleet;
-before(async () => {
-  t = await startTestFleet();
-});
-after(() => t?.close());
-
-const fleet = (...args: string[]) => fleetCli(t, args);
-const ok = async (...args: string[]) => {
-  const res = await fleet(...args);
-  assert.equal(res.code, 0, `fleet ${args.join(' ')}: ${res.stderr}`);
-  return res;
-};
-const json = async (...args: string[]) => JSON.parse((await ok(...args, '--json')).stdout);
+const { ok, json, fleetOf } = cliBesideFleet(() => startTestFleet());
 
 describe('fleet token list', () => {
   test('--json lists every token with its role and state, and never a token or its hash', async () => {
-    const viewer = await createOperatorToken(t.fleet.db.pool, { name: 'dashboards', role: 'viewer', actor: 'test', now: new Date(), ttlMs: 3_600_000 });
+    const viewer = await createOperatorToken(fleetOf().fleet.db.pool, { name: 'dashboards', role: 'viewer', actor: 'test', now: new Date(), ttlMs: 3_600_000 });
     const res = await ok('token', 'list', '--json');
     const listed = JSON.parse(res.stdout).find((x: any) => x.id === viewer.id);
     assert.equal(listed.role, 'viewer');
@@ -33,9 +21,9 @@ describe('fleet token list', () => {
     assert.equal(listed.expiresAt, viewer.expiresAt!.toISOString());
     const table = (await ok('token', 'list')).stdout;
     assert.match(table, new RegExp(`^${viewer.id}\\s+viewer\\s+active\\s+dashboards`, 'm'));
-    const { rows } = await t.fleet.db.pool.query(`SELECT encode(token_hash, 'hex') AS hex, encode(token_hash, 'base64') AS b64 FROM operator_tokens`);
+    const { rows } = await fleetOf().fleet.db.pool.query(`SELECT encode(token_hash, 'hex') AS hex, encode(token_hash, 'base64') AS b64 FROM operator_tokens`);
     for (const out of [res.stdout, table]) {
-      assert.ok(!out.includes(viewer.token) && !out.includes(t.adminToken), 'no token');
+      assert.ok(!out.includes(viewer.token) && !out.includes(fleetOf().adminToken), 'no token');
       for (const { hex, b64 } of rows) assert.ok(!out.includes(hex) && !out.includes(b64), 'no hash');
     }
   });

@@ -1,32 +1,20 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { recordDeviceEvents, recordPresence, registerDevices } from '../core/registry/index.js';
-import { fleetCli } from './support/cli.js';
-import { startTestFleet, type TestFleet } from './support/fleet.js';
+import { cliBesideFleet } from './support/cli.js';
+import { startTestFleet } from './support/fleet.js';
 
 /*
  * The listing commands as an operator runs them beside a fleet: tables for people, --json for
  * scripts, paging by the cursor printed on stderr, and never a secret.
  */
 
-let t: TestFleet;
-before(async () => {
-  t = await startTestFleet();
-});
-after(() => t?.close());
-
-const fleet = (...args: string[]) => fleetCli(t, args);
-const ok = async (...args: string[]) => {
-  const res = await fleet(...args);
-  assert.equal(res.code, 0, `fleet ${args.join(' ')}: ${res.stderr}`);
-  return res;
-};
-const json = async (...args: string[]) => JSON.parse((await ok(...args, '--json')).stdout);
+const { fleet, ok, json, fleetOf } = cliBesideFleet(() => startTestFleet());
 
 describe('fleet device list', () => {
   test('pages through every device exactly once, following the cursor it prints on stderr', async () => {
     const ids = Array.from({ length: 7 }, (_, i) => `cli-page-${i}`);
-    await registerDevices(t.fleet.db.pool, { devices: ids.map((id) => ({ id })), actor: 'test', tokenTtlMs: 86_400_000, now: new Date() });
+    await registerDevices(fleetOf().fleet.db.pool, { devices: ids.map((id) => ({ id })), actor: 'test', tokenTtlMs: 86_400_000, now: new Date() });
     const seen: string[] = [];
     let cursor: string | undefined;
     for (let pages = 0; pages < 10; pages++) {
@@ -41,7 +29,7 @@ describe('fleet device list', () => {
   });
 
   test('filters by status, metadata and online, and --json gives the list and its cursor', async () => {
-    await registerDevices(t.fleet.db.pool, {
+    await registerDevices(fleetOf().fleet.db.pool, {
       devices: [{ id: 'cli-f-1', metadata: { site: 'north' } }, { id: 'cli-f-2', metadata: { site: 'south' } }],
       batch: 'cli-batch',
       actor: 'test',
@@ -56,7 +44,7 @@ describe('fleet device list', () => {
     assert.ok(batch.nextCursor, 'a cursor for the second device');
 
     // Presence as the broker records it (the API tests connect over MQTT for real).
-    await recordPresence(t.fleet.db.pool, [{ deviceId: 'cli-f-2', connected: true, at: new Date(), peerAddress: '192.0.2.9' }]);
+    await recordPresence(fleetOf().fleet.db.pool, [{ deviceId: 'cli-f-2', connected: true, at: new Date(), peerAddress: '192.0.2.9' }]);
     assert.deepEqual((await json('device', 'list', '--q', 'cli-', '--online')).devices.map((d: any) => d.id), ['cli-f-2']);
   });
 
@@ -78,8 +66,8 @@ describe('fleet device list', () => {
 
 describe('fleet device show', () => {
   test('shows the device, its certificates, session and recent events, as text and JSON', async () => {
-    const device = await t.enroll('cli-show');
-    await recordDeviceEvents(t.fleet.db.pool, [
+    const device = await fleetOf().enroll('cli-show');
+    await recordDeviceEvents(fleetOf().fleet.db.pool, [
       { at: new Date(Date.now() - 60_000), kind: 'connected', deviceId: 'cli-show', address: '192.0.2.7' },
       { at: new Date(), kind: 'disconnected', deviceId: 'cli-show', reason: 'keepalive_timeout' },
     ]);
