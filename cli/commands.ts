@@ -7,6 +7,7 @@ import { FleetError } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
 import { registerEventCommands } from './events-commands.js';
+import { registerListCommands } from './list-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
 import { createLogger, stderrDestination } from '../core/log.js';
 import {
@@ -33,7 +34,7 @@ import { bulkFromCsv, tokensAsCsv } from '../provisioning/api/bulk.js';
 import { registerSimCommand } from '../device-sim/cli.js';
 import { stopOnSignals } from './shutdown.js';
 import { startSimBackend } from './sim-backend.js';
-import { table } from './table.js';
+import { printResult, table } from './table.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -100,9 +101,10 @@ export function registerCommands(program: Command): void {
   token
     .command('list')
     .description('list operator tokens: id, role, name, expiry, last use (never the tokens themselves)')
-    .action(async () => {
+    .option('--json', 'print JSON instead of a table')
+    .action(async (options: { json?: boolean }) => {
       const tokens = await withRegistry((db) => listOperatorTokens(db.pool));
-      process.stdout.write(operatorTokenTable(tokens, new Date()));
+      printResult(options, tokens, () => operatorTokenTable(tokens, new Date()));
     });
   token
     .command('revoke')
@@ -234,6 +236,7 @@ export function registerCommands(program: Command): void {
 
   registerSimCommand(program, startSimBackend);
   registerEventCommands(program, withRegistry);
+  registerListCommands(program, withRegistry);
 }
 
 function durationOption(text: string): number {

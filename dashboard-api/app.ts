@@ -1,6 +1,10 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
+import { auditLogRoutes } from './audit-log.js';
+import { certificateReportRoutes } from './certificates.js';
 import type { DashboardDeps } from './deps.js';
 import { eventRoutes } from './events.js';
+import { deviceListRoutes } from './devices.js';
+import { summaryRoutes } from './summary.js';
 
 /**
  * The operators' view, served on the API's HTTPS listener: read-mostly routes for the fleet summary,
@@ -8,5 +12,11 @@ import { eventRoutes } from './events.js';
  * OpenAPI document.
  */
 export function dashboardRoutes(deps: DashboardDeps): OpenAPIHono<any>[] {
-  return [eventRoutes(deps)];
+  return [
+    summaryRoutes(deps),
+    eventRoutes(deps),
+    deviceListRoutes(deps),
+    certificateReportRoutes(deps),
+    auditLogRoutes(deps),
+  ];
 }

@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { FleetError } from '../core/errors.js';
 import { type OperatorVariables, requireOperator } from '../core/http/operator-auth.js';
-import { problemResponses } from '../core/http/problem-schema.js';
+import { problemResponses } from '../core/http/schemas.js';
 import { apiRouter } from '../core/http/router.js';
 import {
   DEVICE_EVENT_KINDS,

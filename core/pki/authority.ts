@@ -489,3 +489,38 @@ async function createServer(issuing: IssuingCa, names: string[], now: Date): Pro
   });
   return { certificate, keyPem: await exportPrivateKeyPem(keys.privateKey) };
 }
+
+/** One CA certificate of the data directory, as `fleet ca list` shows it. */
+export interface CaGeneration {
+  /** 0 for the root, 1 and up for the issuing CAs. */
+  generation: number;
+  role: 'root' | 'issuing';
+  /** signing: the issuing CA new certificates come from; trusted: still accepted; retired: no longer. */
+  state: 'signing' | 'trusted' | 'retired';
+  subject: string;
+  keyId: string;
+  notBefore: Date;
+  notAfter: Date;
+  file: string;
+}
+
+/**
+ * The root and every issuing CA, retired ones included, newest issuing CA first, read from the
+ * certificates alone: it needs no key, so it works where the keys are in a token or offline.
+ */
+export async function listCaGenerations(dataDir: string): Promise<CaGeneration[]> {
+  const dir = pkiDirOf(dataDir);
+  const trusted = (await issuerGenerations(dir)).sort((a, b) => b - a);
+  const retired = (await retiredGenerations(dir)).sort((a, b) => b - a);
+  const describe = async (generation: number, state: CaGeneration['state'], file: string): Promise<CaGeneration> => {
+    const certificate = await readCertificate(file);
+    const role = generation === 0 ? 'root' : 'issuing';
+    return { generation, role, state, subject: certificate.subject, keyId: keyIdOf(certificate), notBefore: certificate.notBefore, notAfter: certificate.notAfter, file };
+  };
+  const listed = [
+    ...trusted.map((g, i) => describe(g, i === 0 ? 'signing' : 'trusted', issuingCertFile(dir, g))),
+    ...retired.map((g) => describe(g, 'retired', path.join(dir, 'retired', `${issuerFileName(g)}.crt`))),
+  ];
+  if (existsSync(rootCertFile(dir))) listed.push(describe(0, 'trusted', rootCertFile(dir)));
+  return Promise.all(listed);
+}

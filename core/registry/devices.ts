@@ -81,7 +81,7 @@ const INSERT_AUDIT_PER_DEVICE = `
   INSERT INTO audit_log (at, actor, action, device_id, details)
   SELECT $1, $2, $3, device_id, $4 FROM unnest($5::text[]) AS d (device_id)`;
 
-const SELECT_DEVICE = `SELECT ${DEVICE_COLUMNS} FROM devices WHERE id = $1`;
+const SELECT_DEVICE = `SELECT ${DEVICE_COLUMNS}, connected_serial FROM devices WHERE id = $1`;
 const SELECT_DEVICES_FOR_UPDATE = `SELECT ${DEVICE_COLUMNS} FROM devices WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE`;
 const SELECT_BATCH_DEVICE_IDS = `SELECT id FROM devices WHERE batch = $1 ORDER BY id`;
 const SELECT_BATCH = `SELECT name FROM batches WHERE name = $1`;
@@ -232,14 +232,29 @@ function checkNewDevices(devices: NewDevice[], batch: string | undefined): void 
 
 const preview = (ids: string[]) => (ids.length > 10 ? `${ids.slice(0, 10).join(', ')} and ${ids.length - 10} more` : ids.join(', '));
 
+/** The live session as the broker last recorded it: since when, from where, with which certificate. */
+export interface DeviceSession {
+  connected: boolean;
+  since: Date | null;
+  address: string | null;
+  serial: string | null;
+}
+
 export async function getDevice(
   q: Queryable,
   deviceId: string,
-): Promise<(Device & { certificates: CertificateSummary[] }) | undefined> {
+): Promise<(Device & { certificates: CertificateSummary[]; session: DeviceSession }) | undefined> {
   const found = await q.query(SELECT_DEVICE, [deviceId]);
   if (found.rowCount === 0) return undefined;
   const certificates = await q.query(SELECT_CERTIFICATES_OF_DEVICE, [deviceId]);
-  return { ...toDevice(found.rows[0]), certificates: certificates.rows.map(toCertificateSummary) };
+  const device = toDevice(found.rows[0]);
+  const session = {
+    connected: device.connected,
+    since: device.connectedSince,
+    address: device.connected ? device.peerAddress : null,
+    serial: device.connected ? (found.rows[0].connected_serial as string | null) : null,
+  };
+  return { ...device, certificates: certificates.rows.map(toCertificateSummary), session };
 }
 
 /** RFC 5280 CRLReason codes by name; 7 is unassigned and removeFromCRL (8) only applies to delta CRLs. */

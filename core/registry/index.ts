@@ -17,3 +17,7 @@ export * from './operators.js';
 export * from './presence.js';
 export * from './renewal.js';
 export { ENROLLMENT_TOKEN_PREFIX, OPERATOR_TOKEN_PREFIX } from './secrets.js';
+export * from './certificate-list.js';
+export * from './device-list.js';
+export * from './fleet-summary.js';
+export { encodeCursor, MAX_PAGE_SIZE } from './page-cursor.js';

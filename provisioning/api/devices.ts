@@ -62,7 +62,7 @@ const registerService = createRoute({
 const show = createRoute({
   method: 'get',
   path: '/v1/devices/{id}',
-  summary: 'A device and its certificates',
+  summary: 'A device, its certificates and its live session',
   security,
   request: { params: z.object({ id: DeviceId }) },
   responses: { 200: { description: 'the device', ...json(DeviceWithCertificates) }, ...problemResponses(401, 403, 404) },
@@ -214,7 +214,7 @@ export function deviceRoutes(deps: ApiDeps) {
     const { id } = c.req.valid('param');
     const device = await getDevice(deps.pool, id);
     if (!device) throw new FleetError('device_not_found', 404, `no device ${id} is registered`);
-    return c.json({ ...isoDates(device), certificates: device.certificates.map(isoDates) }, 200);
+    return c.json({ ...isoDates(device), certificates: device.certificates.map(isoDates), session: isoDates(device.session) }, 200);
   });
 
   app.openapi(revoke, async (c) => {

@@ -7,10 +7,11 @@
  */
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { pino } from 'pino';
 import { createDeviceIdentity } from '../../device-sim/identity.js';
 import { createLogger } from '../../core/log.js';
+import { percentile, positiveInteger } from './figures.js';
 import { startTestFleet, type TestFleet } from '../support/fleet.js';
 import { inParallel, type LoadOrder, type LoadResult, type Outcome } from './enrollment-load.js';
 
@@ -20,12 +21,6 @@ interface Options {
 }
 
 const WARM_UP_DEVICES = 50;
-
-const positiveInteger = (value: string): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('a whole number of 1 or more');
-  return n;
-};
 
 function parseOptions(argv: string[]): Options {
   return new Command()
@@ -66,9 +61,6 @@ function runLoad(order: LoadOrder): Promise<LoadResult> {
     worker.once('exit', (code) => reject(new Error(`the load worker exited with code ${code} before reporting`)));
   });
 }
-
-/** Nearest-rank percentile of sorted values. */
-const percentile = (sorted: number[], p: number): number => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN;
 
 function report(options: Options, outcomes: Outcome[], seconds: number, database: string): void {
   const latencies = outcomes.map((o) => o.latencyMs).sort((a, b) => a - b);

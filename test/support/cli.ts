@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict';
+import { after, before } from 'node:test';
 import path from 'node:path';
 import { projectRoot } from '../../core/paths.js';
 import type { TestFleet } from './fleet.js';
@@ -27,3 +29,23 @@ export function fleetCli(t: TestFleet, args: string[], env: Record<string, strin
 
 /** The path of the built fleet command, for a test that spawns it itself (a long-running --follow). */
 export const fleetCommand = FLEET;
+
+/**
+ * A test fleet started before the file's tests and closed after, and the fleet command beside it:
+ * `fleet` as it ran, `ok` when it must succeed, `json` for its --json output.
+ */
+export function cliBesideFleet(start: () => Promise<TestFleet>) {
+  let t: TestFleet | undefined;
+  before(async () => {
+    t = await start();
+  });
+  after(() => t?.close());
+  const fleet = (...args: string[]) => fleetCli(t!, args);
+  const ok = async (...args: string[]) => {
+    const res = await fleet(...args);
+    assert.equal(res.code, 0, `fleet ${args.join(' ')}: ${res.stderr}`);
+    return res;
+  };
+  const json = async (...args: string[]) => JSON.parse((await ok(...args, '--json')).stdout);
+  return { fleet, ok, json, fleetOf: () => t! };
+}
