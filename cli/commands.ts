@@ -6,6 +6,7 @@ import { type Database, openDatabase } from '../core/db/database.js';
 import { FleetError } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
+import { registerAuditCommands } from './audit-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
 import { createLogger, stderrDestination } from '../core/log.js';
 import {
@@ -70,7 +71,7 @@ export function registerCommands(program: Command): void {
           `  provisioning API  https://localhost:${fleet.api.port}  (reference at /docs, OpenAPI at /openapi.json)`,
           `  MQTT broker       mqtts://localhost:${fleet.broker.port}  (client certificate required)`,
           ...(fleet.api.pkiHttpPort === undefined ? [] : [`  CRLs, OCSP, CAs   http://localhost:${fleet.api.pkiHttpPort}  (plain HTTP, signed objects only)`]),
-          `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
+          fleet.metricsPort === undefined ? '  metrics           off (FLEET_METRICS_PORT=off)' : `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
           `  root CA           ${rootCertificatePath(config)}`,
           'Next, in another terminal: npx fleet token create --role admin',
           '',
@@ -229,6 +230,7 @@ export function registerCommands(program: Command): void {
       explain(`${device.id} is ${device.status}.`);
     });
 
+  registerAuditCommands(program, withRegistry);
   registerSimCommand(program, startSimBackend);
 }
 

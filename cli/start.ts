@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { type ChangeFeedOptions, type ChangeFollower, followRegistryChanges } from '../core/registry/index.js';
 import { dashboardRoutes } from '../dashboard-api/app.js';
@@ -14,13 +15,15 @@ import { type Database, ensureDataDir, openDatabase } from '../core/db/database.
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
 import { createScheduler, type Scheduler } from '../core/scheduler.js';
-import { caKeyStore, warnAboutCaKeys } from './ca-keys.js';
+import { caKeyStore, rootKeyFile, warnAboutCaKeys } from './ca-keys.js';
+import type { AuditEnvironment } from '../dashboard-api/audits/index.js';
 
 export { caKeyStore };
 
 export interface RunningFleet {
   db: Database;
-  metricsPort: number;
+  /** Undefined when metrics are turned off. */
+  metricsPort: number | undefined;
   changes: ChangeFollower;
   ca: CertificateAuthority;
   api: RunningApi;
@@ -55,8 +58,9 @@ export async function startFleet(
     warnAboutCaKeys(keyStore, config, log);
     const policy = policyFromConfig(config);
     const metrics = createBrokerMetrics();
-    const metricsServer = await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort, log });
-    started.push(metricsServer);
+    const metricsServer =
+      config.metricsPort === undefined ? undefined : await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort, log });
+    if (metricsServer) started.push(metricsServer);
     const changes = followRegistryChanges({
       connection: db.changeFeedConnection,
       log,
@@ -95,7 +99,7 @@ export async function startFleet(
         trustedProxies: trustedProxies(config.proxy),
       },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
-      ({ throttle }) => dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle }),
+      ({ throttle }) => dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle, audits: auditEnvironment(config) }),
     );
     started.push(api);
     // With port 0 the address is known only now; certificates issued from here on name it.
@@ -112,11 +116,26 @@ export async function startFleet(
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
     });
-    return { db, metricsPort: metricsServer.port, changes, ca, api, broker, close: stopAll };
+    return { db, metricsPort: metricsServer?.port, changes, ca, api, broker, close: stopAll };
   } catch (error) {
     await stopAll();
     throw error;
   }
+}
+
+/** What the audits read of this configuration: the key policy, key custody, metrics and logging. */
+export function auditEnvironment(config: FleetConfig): AuditEnvironment {
+  const rootKey = rootKeyFile(config);
+  return {
+    allowedKeys: config.allowedKeys,
+    maxCertificateLifetimeMs: config.maxCertificateLifetimeMs,
+    caKeysEncrypted: config.caPassphrase !== undefined,
+    caKeyDir: path.dirname(rootKey),
+    rootKeyOnline: () => existsSync(rootKey),
+    rootKeyLocation: rootKey,
+    metricsEnabled: config.metricsPort !== undefined,
+    logLevel: config.logLevel,
+  };
 }
 
 export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');

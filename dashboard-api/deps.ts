@@ -3,6 +3,7 @@ import type { CredentialGate } from '../core/http/operator-auth.js';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import type { Scheduler } from '../core/scheduler.js';
+import type { AuditEnvironment } from './audits/index.js';
 
 /** What the dashboard API and the console run on; tests pass real ones with test settings. */
 export interface DashboardDeps {
@@ -13,4 +14,6 @@ export interface DashboardDeps {
   log: Logger;
   /** The API's throttle: a token presented here counts against the same allowance as anywhere else. */
   throttle: CredentialGate;
+  /** What the configuration-based audits read (key policy, key custody, metrics, logging). */
+  audits: AuditEnvironment;
 }

@@ -9,6 +9,7 @@ export * from './devices.js';
 export * from './enrollment.js';
 export * from './enrollment-tokens.js';
 export * from './events.js';
+export * from './fleet-audits.js';
 export * from './identity-kinds.js';
 export * from './issuance.js';
 export * from './operators.js';

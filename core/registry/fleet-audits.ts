@@ -1,0 +1,303 @@
+import type { Queryable } from '../db/transaction.js';
+import { FleetError } from '../errors.js';
+
+/*
+ * What the fleet's security audits read (GET /v1/audits, fleet audit). Each finding set has a count,
+ * for the list of checks, and pages in a fixed order for one check's findings. Both go through the
+ * partial indexes of sql/010, so the list of checks stays cheap at a million devices.
+ *
+ * A page's SQL takes the check's parameters, then the key of the last row shown (the cursor), then
+ * the limit, and returns each row's key as a text array, which becomes the next cursor.
+ */
+
+export interface AuditPageRequest {
+  /** The key of the last row of the previous page (decoded from the cursor); unset for the first. */
+  after?: string[];
+  limit: number;
+}
+
+export interface AuditPage<T> {
+  rows: T[];
+  /** The key to continue after, or null when this was the last page. */
+  next: string[] | null;
+}
+
+/** An active certificate, as the certificate checks report it. */
+export interface AuditedCertificate {
+  serial: string;
+  deviceId: string;
+  issuer: string;
+  keyType: string | null;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+const cursorInvalid = () =>
+  new FleetError('validation_failed', 400, 'cursor: not a cursor this check gave out; start again without one');
+
+/** A cursor whose key PostgreSQL cannot read back (a forged timestamp) is the client's mistake, not ours. */
+const BAD_VALUE_CODES = new Set(['22007', '22008', '22P02', '22009']);
+
+async function keysetPage<T>(
+  q: Queryable,
+  sql: string,
+  params: unknown[],
+  page: AuditPageRequest,
+  start: string[],
+  to: (r: Record<string, any>) => T,
+): Promise<AuditPage<T>> {
+  const after = page.after ?? start;
+  if (after.length !== start.length) throw cursorInvalid();
+  let rows: Record<string, any>[];
+  try {
+    rows = (await q.query(sql, [...params, ...after, page.limit + 1])).rows;
+  } catch (error) {
+    if (BAD_VALUE_CODES.has((error as { code?: string }).code ?? '')) throw cursorInvalid();
+    throw error;
+  }
+  const shown = rows.slice(0, page.limit);
+  return { rows: shown.map(to), next: rows.length > page.limit ? (shown.at(-1)!.key as string[]) : null };
+}
+
+const count = async (q: Queryable, sql: string, params: unknown[]): Promise<number> => (await q.query(sql, params)).rows[0].n;
+
+const CERTIFICATE_COLUMNS = 'serial, device_id, issuer, key_type, not_before, not_after';
+
+const toAuditedCertificate = (r: Record<string, any>): AuditedCertificate => ({
+  serial: r.serial,
+  deviceId: r.device_id,
+  issuer: r.issuer,
+  keyType: r.key_type,
+  notBefore: r.not_before,
+  notAfter: r.not_after,
+});
+
+/* Active certificates that expire after $1 (now) and by $2. */
+const EXPIRING = `FROM certificates WHERE status = 'active' AND not_after > $1 AND not_after <= $2`;
+const COUNT_EXPIRING = `SELECT count(*)::int AS n ${EXPIRING}`;
+const PAGE_EXPIRING = `
+  SELECT ${CERTIFICATE_COLUMNS}, ARRAY[not_after::text, serial] AS key ${EXPIRING}
+    AND (not_after, serial) > ($3::timestamptz, $4::text)
+  ORDER BY not_after, serial LIMIT $5`;
+
+export const countCertificatesExpiring = (q: Queryable, now: Date, by: Date) => count(q, COUNT_EXPIRING, [now, by]);
+export const certificatesExpiring = (q: Queryable, now: Date, by: Date, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_EXPIRING, [now, by], page, ['-infinity', ''], toAuditedCertificate);
+
+/* Active, unexpired certificates issued (not_before) before $2. */
+const ISSUED_BEFORE = `FROM certificates WHERE status = 'active' AND not_after > $1 AND not_before < $2`;
+const COUNT_ISSUED_BEFORE = `SELECT count(*)::int AS n ${ISSUED_BEFORE}`;
+const PAGE_ISSUED_BEFORE = `
+  SELECT ${CERTIFICATE_COLUMNS}, ARRAY[not_before::text, serial] AS key ${ISSUED_BEFORE}
+    AND (not_before, serial) > ($3::timestamptz, $4::text)
+  ORDER BY not_before, serial LIMIT $5`;
+
+export const countCertificatesIssuedBefore = (q: Queryable, now: Date, before: Date) => count(q, COUNT_ISSUED_BEFORE, [now, before]);
+export const certificatesIssuedBefore = (q: Queryable, now: Date, before: Date, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_ISSUED_BEFORE, [now, before], page, ['-infinity', ''], toAuditedCertificate);
+
+/*
+ * The distinct issuers of active certificates: a skip scan of the (issuer, serial) index, one probe
+ * per issuer, so a fleet of a million certificates from three issuing CAs costs three probes.
+ */
+const ACTIVE_ISSUERS = `
+  WITH RECURSIVE issuers AS (
+    (SELECT issuer FROM certificates WHERE status = 'active' ORDER BY issuer LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.issuer FROM certificates c WHERE c.status = 'active' AND c.issuer > i.issuer ORDER BY c.issuer LIMIT 1)
+    FROM issuers i WHERE i.issuer IS NOT NULL
+  )
+  SELECT issuer FROM issuers WHERE issuer IS NOT NULL`;
+
+export async function issuersOfActiveCertificates(q: Queryable): Promise<string[]> {
+  return (await q.query(ACTIVE_ISSUERS)).rows.map((r) => r.issuer as string);
+}
+
+/* Active, unexpired certificates from the issuers $2. */
+const OF_ISSUERS = `FROM certificates WHERE status = 'active' AND not_after > $1 AND issuer = ANY($2::text[])`;
+const COUNT_OF_ISSUERS = `SELECT count(*)::int AS n ${OF_ISSUERS}`;
+const PAGE_OF_ISSUERS = `
+  SELECT ${CERTIFICATE_COLUMNS}, ARRAY[issuer, serial] AS key ${OF_ISSUERS}
+    AND (issuer, serial) > ($3::text, $4::text)
+  ORDER BY issuer, serial LIMIT $5`;
+
+export const countActiveCertificatesOfIssuers = (q: Queryable, now: Date, issuers: string[]) =>
+  issuers.length === 0 ? Promise.resolve(0) : count(q, COUNT_OF_ISSUERS, [now, issuers]);
+export const activeCertificatesOfIssuers = (q: Queryable, now: Date, issuers: string[], page: AuditPageRequest) =>
+  keysetPage(q, PAGE_OF_ISSUERS, [now, issuers], page, ['', ''], toAuditedCertificate);
+
+/* The distinct key types of active certificates, by the same skip scan; unrecorded ones (null) are not among them. */
+const ACTIVE_KEY_TYPES = `
+  WITH RECURSIVE types AS (
+    (SELECT key_type FROM certificates WHERE status = 'active' AND key_type IS NOT NULL ORDER BY key_type LIMIT 1)
+    UNION ALL
+    SELECT (SELECT c.key_type FROM certificates c WHERE c.status = 'active' AND c.key_type > t.key_type ORDER BY c.key_type LIMIT 1)
+    FROM types t WHERE t.key_type IS NOT NULL
+  )
+  SELECT key_type FROM types WHERE key_type IS NOT NULL`;
+
+export async function keyTypesOfActiveCertificates(q: Queryable): Promise<string[]> {
+  return (await q.query(ACTIVE_KEY_TYPES)).rows.map((r) => r.key_type as string);
+}
+
+const OF_KEY_TYPES = `FROM certificates WHERE status = 'active' AND not_after > $1 AND key_type = ANY($2::text[])`;
+const COUNT_OF_KEY_TYPES = `SELECT count(*)::int AS n ${OF_KEY_TYPES}`;
+const PAGE_OF_KEY_TYPES = `
+  SELECT ${CERTIFICATE_COLUMNS}, ARRAY[key_type, serial] AS key ${OF_KEY_TYPES}
+    AND (key_type, serial) > ($3::text, $4::text)
+  ORDER BY key_type, serial LIMIT $5`;
+
+export const countActiveCertificatesWithKeyTypes = (q: Queryable, now: Date, types: string[]) =>
+  types.length === 0 ? Promise.resolve(0) : count(q, COUNT_OF_KEY_TYPES, [now, types]);
+export const activeCertificatesWithKeyTypes = (q: Queryable, now: Date, types: string[], page: AuditPageRequest) =>
+  keysetPage(q, PAGE_OF_KEY_TYPES, [now, types], page, ['', ''], toAuditedCertificate);
+
+const UNRECORDED_KEY_TYPES = `SELECT serial, pem FROM certificates WHERE status = 'active' AND key_type IS NULL ORDER BY serial LIMIT $1`;
+const RECORD_KEY_TYPES = `
+  UPDATE certificates c SET key_type = u.key_type
+  FROM unnest($1::text[], $2::text[]) AS u (serial, key_type)
+  WHERE c.serial = u.serial AND c.key_type IS NULL`;
+
+/**
+ * Records the key type of active certificates issued before the registry kept it (sql/010), at most
+ * `batch` at a time, with `classify` reading each PEM; returns how many it recorded, 0 when none is left.
+ */
+export async function recordMissingKeyTypes(q: Queryable, classify: (pem: string) => string, batch = 500): Promise<number> {
+  const rows = (await q.query(UNRECORDED_KEY_TYPES, [batch])).rows;
+  if (rows.length === 0) return 0;
+  await q.query(RECORD_KEY_TYPES, [rows.map((r) => r.serial), rows.map((r) => classify(r.pem))]);
+  return rows.length;
+}
+
+/** An active identity that has never connected since it enrolled. */
+export interface NeverSeenDevice {
+  deviceId: string;
+  kind: string;
+  enrolledAt: Date;
+}
+
+/* Active, never seen, and its first certificate issued by $1. */
+const NEVER_SEEN = `
+  FROM devices d WHERE d.status = 'active' AND d.last_seen_at IS NULL
+    AND EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = d.id AND c.created_at <= $1)`;
+const COUNT_NEVER_SEEN = `SELECT count(*)::int AS n ${NEVER_SEEN}`;
+const PAGE_NEVER_SEEN = `
+  SELECT d.id, d.kind, (SELECT min(c.created_at) FROM certificates c WHERE c.device_id = d.id) AS enrolled_at, ARRAY[d.id] AS key
+  ${NEVER_SEEN} AND d.id > $2
+  ORDER BY d.id LIMIT $3`;
+
+export const countNeverSeen = (q: Queryable, enrolledBy: Date) => count(q, COUNT_NEVER_SEEN, [enrolledBy]);
+export const neverSeenDevices = (q: Queryable, enrolledBy: Date, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_NEVER_SEEN, [enrolledBy], page, [''], (r): NeverSeenDevice => ({ deviceId: r.id, kind: r.kind, enrolledAt: r.enrolled_at }));
+
+/** A certificate that connected from more than one address in the window. */
+export interface SharedCertificate {
+  serial: string;
+  deviceId: string | null;
+  /** The first 20 addresses, in order. */
+  addresses: string[];
+  addressCount: number;
+  connects: number;
+  lastConnectedAt: Date;
+}
+
+/* Connects since $1, by certificate, from two addresses or more. */
+const SHARED = `
+  FROM device_events
+  WHERE kind = 'connected' AND at >= $1 AND certificate_serial IS NOT NULL AND address IS NOT NULL`;
+const SHARED_GROUPS = `GROUP BY certificate_serial HAVING count(DISTINCT address) > 1`;
+const COUNT_SHARED = `SELECT count(*)::int AS n FROM (SELECT certificate_serial ${SHARED} ${SHARED_GROUPS}) s`;
+const PAGE_SHARED = `
+  SELECT certificate_serial AS serial, min(device_id) AS device_id,
+    (array_agg(DISTINCT address ORDER BY address))[1:20] AS addresses, count(DISTINCT address)::int AS address_count,
+    count(*)::int AS connects, max(at) AS last_at, ARRAY[certificate_serial] AS key
+  ${SHARED} AND certificate_serial > $2
+  ${SHARED_GROUPS}
+  ORDER BY certificate_serial LIMIT $3`;
+
+export const countSharedCertificates = (q: Queryable, since: Date) => count(q, COUNT_SHARED, [since]);
+export const sharedCertificates = (q: Queryable, since: Date, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_SHARED, [since], page, [''], (r): SharedCertificate => ({
+    serial: r.serial,
+    deviceId: r.device_id,
+    addresses: r.addresses,
+    addressCount: r.address_count,
+    connects: r.connects,
+    lastConnectedAt: r.last_at,
+  }));
+
+/** A device whose session was taken over by another connection with its client id, again and again. */
+export interface ConflictingClientId {
+  deviceId: string;
+  takeovers: number;
+  /** The addresses of the sessions taken over (the first 20). */
+  addresses: string[];
+  lastTakeoverAt: Date;
+}
+
+/* Takeovers since $1, by device, at least $2 of them. */
+const TAKEOVERS = `
+  FROM device_events
+  WHERE kind = 'disconnected' AND reason = 'takeover' AND at >= $1 AND device_id IS NOT NULL`;
+const TAKEOVER_GROUPS = `GROUP BY device_id HAVING count(*) >= $2`;
+const COUNT_TAKEOVERS = `SELECT count(*)::int AS n FROM (SELECT device_id ${TAKEOVERS} ${TAKEOVER_GROUPS}) s`;
+const PAGE_TAKEOVERS = `
+  SELECT device_id, count(*)::int AS takeovers, max(at) AS last_at,
+    coalesce((array_agg(DISTINCT address ORDER BY address) FILTER (WHERE address IS NOT NULL))[1:20], '{}') AS addresses,
+    ARRAY[device_id] AS key
+  ${TAKEOVERS} AND device_id > $3
+  ${TAKEOVER_GROUPS}
+  ORDER BY device_id LIMIT $4`;
+
+export const countConflictingClientIds = (q: Queryable, since: Date, atLeast: number) => count(q, COUNT_TAKEOVERS, [since, atLeast]);
+export const conflictingClientIds = (q: Queryable, since: Date, atLeast: number, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_TAKEOVERS, [since, atLeast], page, [''], (r): ConflictingClientId => ({
+    deviceId: r.device_id,
+    takeovers: r.takeovers,
+    addresses: r.addresses,
+    lastTakeoverAt: r.last_at,
+  }));
+
+/** A live session the registry says should have been cut. */
+export interface SurvivingSession {
+  deviceId: string;
+  /** The certificate the session presented, when the broker recorded it. */
+  serial: string | null;
+  deviceStatus: string;
+  certificateStatus: string | null;
+  /** When the device or the certificate was revoked or suspended. */
+  revokedAt: Date;
+  connectedSince: Date | null;
+  peerAddress: string | null;
+}
+
+/*
+ * Connected devices revoked or suspended by $1, and connected devices whose live session presented a
+ * certificate revoked by $1. Each half starts from its own small partial index, never from every
+ * connected device.
+ */
+const SURVIVING = `
+  SELECT d.id AS device_id, d.connected_serial AS serial, d.status AS device_status, c.status AS certificate_status,
+    d.updated_at AS revoked_at, d.connected_since, d.peer_address
+  FROM devices d LEFT JOIN certificates c ON c.serial = d.connected_serial
+  WHERE d.connected AND d.status IN ('revoked', 'suspended') AND d.updated_at <= $1
+  UNION
+  SELECT d.id, d.connected_serial, d.status, c.status, c.revoked_at, d.connected_since, d.peer_address
+  FROM certificates c JOIN devices d ON d.connected_serial = c.serial AND d.connected
+  WHERE c.status = 'revoked' AND c.revoked_at <= $1 AND d.status NOT IN ('revoked', 'suspended')`;
+const COUNT_SURVIVING = `SELECT count(*)::int AS n FROM (${SURVIVING}) s`;
+const PAGE_SURVIVING = `
+  SELECT s.*, ARRAY[s.device_id] AS key FROM (${SURVIVING}) s
+  WHERE s.device_id > $2 ORDER BY s.device_id LIMIT $3`;
+
+export const countSurvivingSessions = (q: Queryable, revokedBy: Date) => count(q, COUNT_SURVIVING, [revokedBy]);
+export const survivingSessions = (q: Queryable, revokedBy: Date, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_SURVIVING, [revokedBy], page, [''], (r): SurvivingSession => ({
+    deviceId: r.device_id,
+    serial: r.serial,
+    deviceStatus: r.device_status,
+    certificateStatus: r.certificate_status,
+    revokedAt: r.revoked_at,
+    connectedSince: r.connected_since,
+    peerAddress: r.peer_address,
+  }));
