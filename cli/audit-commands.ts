@@ -1,4 +1,4 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import type { FleetConfig } from '../core/config.js';
 import type { Database } from '../core/db/database.js';
 import { FleetError } from '../core/errors.js';
@@ -9,8 +9,9 @@ import { printResult, table } from './table.js';
 
 type WithRegistry = <T>(run: (db: Database, config: FleetConfig) => Promise<T>) => Promise<T>;
 
-const wholeNumber = (text: string): number => {
-  if (!/^\d{1,9}$/.test(text)) throw new InvalidArgumentError('give a whole number');
+/** Checked here, not by commander, so a bad number exits 2 like every other usage error. */
+const wholeNumber = (option: string) => (text: string): number => {
+  if (!/^\d{1,9}$/.test(text)) throw new FleetError('usage', 2, `${option} takes a whole number, not "${text}"`);
   return Number(text);
 };
 
@@ -19,6 +20,16 @@ interface AuditOptions {
   hours?: number;
   count?: number;
   limit: number;
+  cursor?: string;
+  json?: boolean;
+}
+
+/** The options as typed on the command line. */
+interface GivenOptions {
+  days?: string;
+  hours?: string;
+  count?: string;
+  limit: string;
   cursor?: string;
   json?: boolean;
 }
@@ -42,13 +53,15 @@ export function registerAuditCommands(program: Command, withRegistry: WithRegist
         'exits 1 when a check of severity high or critical has findings (for cron), 2 on a usage error',
     )
     .argument('[check]', `one check: ${AUDIT_CHECK_IDS.join(', ')}`)
-    .option('--days <n>', 'the threshold in days, for checks measured in days', wholeNumber)
-    .option('--hours <n>', 'certificate_shared: the window in hours', wholeNumber)
-    .option('--count <n>', 'conflicting_client_ids: takeovers in 24 hours', wholeNumber)
-    .option('--limit <n>', 'findings to show (1 to 500)', wholeNumber, 100)
+    .option('--days <n>', 'the threshold in days, for checks measured in days')
+    .option('--hours <n>', 'certificate_shared: the window in hours')
+    .option('--count <n>', 'conflicting_client_ids: takeovers in 24 hours')
+    .option('--limit <n>', 'findings to show (1 to 500)', '100')
     .option('--cursor <cursor>', 'continue after the findings shown before (printed when there are more)')
     .option('--json', 'print JSON, as the API answers, instead of a table')
-    .action(async (check: string | undefined, options: AuditOptions) => {
+    .action(async (check: string | undefined, given: GivenOptions) => {
+      const number = (name: 'days' | 'hours' | 'count' | 'limit') => (given[name] === undefined ? undefined : wholeNumber(`--${name}`)(given[name]));
+      const options: AuditOptions = { days: number('days'), hours: number('hours'), count: number('count'), limit: number('limit')!, cursor: given.cursor, json: given.json };
       const failing = await withRegistry(async (db, config) => {
         const deps: AuditDeps = { pool: db.pool, clock: () => new Date(), ca: await readTrustedCaCertificates(config.dataDir), audits: auditEnvironment(config) };
         return check === undefined ? printSummaries(deps, options) : printFindings(deps, check, options);

@@ -6,7 +6,10 @@ import { DAY_MS, daysBetween, daysThreshold, type Finding, isoDate, listedCheck,
 const caFinding = (name: string, certificate: x509.X509Certificate, now: Date, extra: Record<string, unknown>): Finding => ({
   deviceId: null,
   serial: certificate.serialNumber.toLowerCase(),
-  detail: `${name} (${certificate.subject}) expires at ${isoDate(certificate.notAfter)}, in ${plural(daysBetween(now, certificate.notAfter), 'day')}`,
+  detail:
+    certificate.notAfter.getTime() <= now.getTime()
+      ? `${name} (${certificate.subject}) expired at ${isoDate(certificate.notAfter)}`
+      : `${name} (${certificate.subject}) expires at ${isoDate(certificate.notAfter)}, in ${plural(daysBetween(now, certificate.notAfter), 'day')}`,
   subject: certificate.subject,
   notAfter: isoDate(certificate.notAfter),
   ...extra,
