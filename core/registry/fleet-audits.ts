@@ -96,61 +96,50 @@ export const countCertificatesIssuedBefore = (q: Queryable, now: Date, before: D
 export const certificatesIssuedBefore = (q: Queryable, now: Date, before: Date, page: AuditPageRequest) =>
   keysetPage(q, PAGE_ISSUED_BEFORE, [now, before], page, ['-infinity', ''], toAuditedCertificate);
 
-/*
- * The distinct issuers of active certificates: a skip scan of the (issuer, serial) index, one probe
- * per issuer, so a fleet of a million certificates from three issuing CAs costs three probes.
+/**
+ * Active certificates grouped by a column with few distinct values (their issuer, their key type):
+ * the distinct values by a skip scan of the (column, serial) index, one probe per value, so a million
+ * certificates from three issuing CAs cost three probes; then the certificates of the values that
+ * are a problem, counted and paged through the same index. Null values (key types not recorded yet)
+ * are not among the distinct ones.
  */
-const ACTIVE_ISSUERS = `
-  WITH RECURSIVE issuers AS (
-    (SELECT issuer FROM certificates WHERE status = 'active' ORDER BY issuer LIMIT 1)
-    UNION ALL
-    SELECT (SELECT c.issuer FROM certificates c WHERE c.status = 'active' AND c.issuer > i.issuer ORDER BY c.issuer LIMIT 1)
-    FROM issuers i WHERE i.issuer IS NOT NULL
-  )
-  SELECT issuer FROM issuers WHERE issuer IS NOT NULL`;
+const activeCertificatesBy = (column: 'issuer' | 'key_type') => {
+  const of = `FROM certificates WHERE status = 'active' AND not_after > $1 AND ${column} = ANY($2::text[])`;
+  return {
+    distinct: `
+      WITH RECURSIVE v AS (
+        (SELECT ${column} AS value FROM certificates WHERE status = 'active' AND ${column} IS NOT NULL ORDER BY ${column} LIMIT 1)
+        UNION ALL
+        SELECT (SELECT c.${column} FROM certificates c WHERE c.status = 'active' AND c.${column} > v.value ORDER BY c.${column} LIMIT 1)
+        FROM v WHERE v.value IS NOT NULL
+      )
+      SELECT value FROM v WHERE value IS NOT NULL`,
+    count: `SELECT count(*)::int AS n ${of}`,
+    page: `
+      SELECT ${CERTIFICATE_COLUMNS}, ARRAY[${column}, serial] AS key ${of}
+        AND (${column}, serial) > ($3::text, $4::text)
+      ORDER BY ${column}, serial LIMIT $5`,
+  };
+};
 
-export async function issuersOfActiveCertificates(q: Queryable): Promise<string[]> {
-  return (await q.query(ACTIVE_ISSUERS)).rows.map((r) => r.issuer as string);
-}
+const BY_ISSUER = activeCertificatesBy('issuer');
+const BY_KEY_TYPE = activeCertificatesBy('key_type');
 
-/* Active, unexpired certificates from the issuers $2. */
-const OF_ISSUERS = `FROM certificates WHERE status = 'active' AND not_after > $1 AND issuer = ANY($2::text[])`;
-const COUNT_OF_ISSUERS = `SELECT count(*)::int AS n ${OF_ISSUERS}`;
-const PAGE_OF_ISSUERS = `
-  SELECT ${CERTIFICATE_COLUMNS}, ARRAY[issuer, serial] AS key ${OF_ISSUERS}
-    AND (issuer, serial) > ($3::text, $4::text)
-  ORDER BY issuer, serial LIMIT $5`;
+const distinctValues = async (q: Queryable, sql: string): Promise<string[]> => (await q.query(sql)).rows.map((r) => r.value as string);
 
+/** The issuers (subjects) of active certificates. */
+export const issuersOfActiveCertificates = (q: Queryable) => distinctValues(q, BY_ISSUER.distinct);
 export const countActiveCertificatesOfIssuers = (q: Queryable, now: Date, issuers: string[]) =>
-  issuers.length === 0 ? Promise.resolve(0) : count(q, COUNT_OF_ISSUERS, [now, issuers]);
+  issuers.length === 0 ? Promise.resolve(0) : count(q, BY_ISSUER.count, [now, issuers]);
 export const activeCertificatesOfIssuers = (q: Queryable, now: Date, issuers: string[], page: AuditPageRequest) =>
-  keysetPage(q, PAGE_OF_ISSUERS, [now, issuers], page, ['', ''], toAuditedCertificate);
+  keysetPage(q, BY_ISSUER.page, [now, issuers], page, ['', ''], toAuditedCertificate);
 
-/* The distinct key types of active certificates, by the same skip scan; unrecorded ones (null) are not among them. */
-const ACTIVE_KEY_TYPES = `
-  WITH RECURSIVE types AS (
-    (SELECT key_type FROM certificates WHERE status = 'active' AND key_type IS NOT NULL ORDER BY key_type LIMIT 1)
-    UNION ALL
-    SELECT (SELECT c.key_type FROM certificates c WHERE c.status = 'active' AND c.key_type > t.key_type ORDER BY c.key_type LIMIT 1)
-    FROM types t WHERE t.key_type IS NOT NULL
-  )
-  SELECT key_type FROM types WHERE key_type IS NOT NULL`;
-
-export async function keyTypesOfActiveCertificates(q: Queryable): Promise<string[]> {
-  return (await q.query(ACTIVE_KEY_TYPES)).rows.map((r) => r.key_type as string);
-}
-
-const OF_KEY_TYPES = `FROM certificates WHERE status = 'active' AND not_after > $1 AND key_type = ANY($2::text[])`;
-const COUNT_OF_KEY_TYPES = `SELECT count(*)::int AS n ${OF_KEY_TYPES}`;
-const PAGE_OF_KEY_TYPES = `
-  SELECT ${CERTIFICATE_COLUMNS}, ARRAY[key_type, serial] AS key ${OF_KEY_TYPES}
-    AND (key_type, serial) > ($3::text, $4::text)
-  ORDER BY key_type, serial LIMIT $5`;
-
+/** The recorded key types of active certificates. */
+export const keyTypesOfActiveCertificates = (q: Queryable) => distinctValues(q, BY_KEY_TYPE.distinct);
 export const countActiveCertificatesWithKeyTypes = (q: Queryable, now: Date, types: string[]) =>
-  types.length === 0 ? Promise.resolve(0) : count(q, COUNT_OF_KEY_TYPES, [now, types]);
+  types.length === 0 ? Promise.resolve(0) : count(q, BY_KEY_TYPE.count, [now, types]);
 export const activeCertificatesWithKeyTypes = (q: Queryable, now: Date, types: string[], page: AuditPageRequest) =>
-  keysetPage(q, PAGE_OF_KEY_TYPES, [now, types], page, ['', ''], toAuditedCertificate);
+  keysetPage(q, BY_KEY_TYPE.page, [now, types], page, ['', ''], toAuditedCertificate);
 
 const UNRECORDED_KEY_TYPES = `SELECT serial, pem FROM certificates WHERE status = 'active' AND key_type IS NULL ORDER BY serial LIMIT $1`;
 const RECORD_KEY_TYPES = `
