@@ -18,8 +18,11 @@ CREATE INDEX certificates_active_key_type_idx ON certificates (key_type, serial)
 CREATE INDEX devices_never_seen_idx ON devices (id) WHERE status = 'active' AND last_seen_at IS NULL;
 -- Sessions the live cut should have ended: a revoked or suspended device still shown connected, and
 -- the certificate each live session presented.
-CREATE INDEX devices_connected_held_idx ON devices (id) WHERE connected AND status IN ('revoked', 'suspended');
-CREATE INDEX devices_connected_serial_idx ON devices (connected_serial) WHERE connected;
+CREATE INDEX devices_connected_held_idx ON devices (id) INCLUDE (updated_at) WHERE connected AND status IN ('revoked', 'suspended');
+CREATE INDEX devices_connected_serial_idx ON devices (connected_serial) INCLUDE (id) WHERE connected;
+-- Revoked certificates with their serial, so the other half of that check never reads the table.
+DROP INDEX certificates_revoked_idx;
+CREATE INDEX certificates_revoked_idx ON certificates (revoked_at) INCLUDE (serial) WHERE status = 'revoked';
 
 -- Connects by time with the serial and address (an index-only scan for shared certificates), and
 -- takeovers by time (conflicting client ids).
