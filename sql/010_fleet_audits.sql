@@ -14,8 +14,8 @@ CREATE INDEX certificates_active_not_before_idx ON certificates (not_before, ser
 CREATE INDEX certificates_active_issuer_idx ON certificates (issuer, serial) INCLUDE (not_after) WHERE status = 'active';
 CREATE INDEX certificates_active_key_type_idx ON certificates (key_type, serial) INCLUDE (not_after) WHERE status = 'active';
 
--- Active and never connected: in a healthy fleet, a handful of rows.
-CREATE INDEX devices_never_seen_idx ON devices (id) WHERE status = 'active' AND last_seen_at IS NULL;
+-- Active and never connected, oldest first: in a healthy fleet, a handful of rows.
+CREATE INDEX devices_never_seen_idx ON devices (updated_at, id) WHERE status = 'active' AND last_seen_at IS NULL;
 -- Sessions the live cut should have ended: a revoked or suspended device still shown connected, and
 -- the certificate each live session presented.
 CREATE INDEX devices_connected_held_idx ON devices (id) INCLUDE (updated_at) WHERE connected AND status IN ('revoked', 'suspended');

@@ -162,22 +162,33 @@ export async function recordMissingKeyTypes(q: Queryable, classify: (pem: string
 export interface NeverSeenDevice {
   deviceId: string;
   kind: string;
+  /** When it first enrolled (its first certificate). */
   enrolledAt: Date;
+  /** When it became active: its last enrollment, or its resumption. */
+  activeSince: Date;
 }
 
-/* Active, never seen, and its first certificate issued by $1. */
-const NEVER_SEEN = `
-  FROM devices d WHERE d.status = 'active' AND d.last_seen_at IS NULL
-    AND EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = d.id AND c.created_at <= $1)`;
+/*
+ * Active since $1 or earlier and never seen: a range of the partial index on (updated_at, id), read
+ * without the table for the count. An active device's updated_at is when it last became active
+ * (enrolled, re-enrolled or resumed), so a device given a new credential gets the full threshold again.
+ */
+const NEVER_SEEN = `FROM devices d WHERE d.status = 'active' AND d.last_seen_at IS NULL AND d.updated_at <= $1`;
 const COUNT_NEVER_SEEN = `SELECT count(*)::int AS n ${NEVER_SEEN}`;
 const PAGE_NEVER_SEEN = `
-  SELECT d.id, d.kind, (SELECT min(c.created_at) FROM certificates c WHERE c.device_id = d.id) AS enrolled_at, ARRAY[d.id] AS key
-  ${NEVER_SEEN} AND d.id > $2
-  ORDER BY d.id LIMIT $3`;
+  SELECT d.id, d.kind, d.updated_at, (SELECT min(c.created_at) FROM certificates c WHERE c.device_id = d.id) AS enrolled_at,
+    ARRAY[d.updated_at::text, d.id] AS key
+  ${NEVER_SEEN} AND (d.updated_at, d.id) > ($2::timestamptz, $3::text)
+  ORDER BY d.updated_at, d.id LIMIT $4`;
 
-export const countNeverSeen = (q: Queryable, enrolledBy: Date) => count(q, COUNT_NEVER_SEEN, [enrolledBy]);
-export const neverSeenDevices = (q: Queryable, enrolledBy: Date, page: AuditPageRequest) =>
-  keysetPage(q, PAGE_NEVER_SEEN, [enrolledBy], page, [''], (r): NeverSeenDevice => ({ deviceId: r.id, kind: r.kind, enrolledAt: r.enrolled_at }));
+export const countNeverSeen = (q: Queryable, activeBy: Date) => count(q, COUNT_NEVER_SEEN, [activeBy]);
+export const neverSeenDevices = (q: Queryable, activeBy: Date, page: AuditPageRequest) =>
+  keysetPage(q, PAGE_NEVER_SEEN, [activeBy], page, ['-infinity', ''], (r): NeverSeenDevice => ({
+    deviceId: r.id,
+    kind: r.kind,
+    enrolledAt: r.enrolled_at ?? r.updated_at,
+    activeSince: r.updated_at,
+  }));
 
 /** A certificate that connected from more than one address in the window. */
 export interface SharedCertificate {

@@ -100,23 +100,25 @@ export const revokedCertificateConnected: AuditCheck = {
     }),
 };
 
-const enrolledBy = (ctx: AuditContext) => new Date(ctx.now.getTime() - ctx.threshold('days') * DAY_MS);
+const activeBy = (ctx: AuditContext) => new Date(ctx.now.getTime() - ctx.threshold('days') * DAY_MS);
 
 export const neverSeen: AuditCheck = {
   id: 'never_seen',
   title: 'Devices never seen since enrollment',
   severity: 'low',
   description:
-    'Active identities that enrolled longer ago than the threshold (?days=, default 7) and have never connected to the broker: ' +
+    'Active identities that enrolled (or were last re-enrolled or resumed) longer ago than the threshold (?days=, default 7) and ' +
+    'have never connected to the broker, longest first: ' +
     'a certificate issued to something that is not using it. Find the device, or revoke it.',
   thresholds: [daysThreshold('enrolled more than this many days ago', () => 7)],
-  count: (ctx) => countNeverSeen(ctx.deps.pool, enrolledBy(ctx)),
+  count: (ctx) => countNeverSeen(ctx.deps.pool, activeBy(ctx)),
   findings: async (ctx, page) =>
-    findingsOf(await neverSeenDevices(ctx.deps.pool, enrolledBy(ctx), page), (d) => ({
+    findingsOf(await neverSeenDevices(ctx.deps.pool, activeBy(ctx), page), (d) => ({
       deviceId: d.deviceId,
       serial: null,
       detail: `${d.kind === 'service' ? 'service' : 'device'} ${d.deviceId} enrolled at ${isoDate(d.enrolledAt)} and has never connected`,
       kind: d.kind,
       enrolledAt: isoDate(d.enrolledAt),
+      activeSince: isoDate(d.activeSince),
     })),
 };
