@@ -353,6 +353,11 @@ describe('key quality against a policy tightened since issuance; metrics and log
     await t.fleet.db.pool.query('UPDATE certificates SET key_type = NULL');
     assert.deepEqual(idsOf(await findings(t, 'key_quality')), ['k-p384', 'k-rsa']);
     assert.deepEqual(await keyTypes(), { 'k-p256': 'ec-p256', 'k-p384': 'ec-p384', 'k-rsa': 'rsa-2048' });
+
+    // A stored certificate that no longer parses is a finding of an unknown key type, not a failed audit.
+    await t.fleet.db.pool.query(`UPDATE certificates SET key_type = NULL, pem = 'damaged' WHERE device_id = 'k-p256'`);
+    const found = await findings(t, 'key_quality');
+    assert.deepEqual(found.map((f) => [f.deviceId, f.keyType]), [['k-p384', 'ec-p384'], ['k-rsa', 'rsa-2048'], ['k-p256', 'unknown']]);
   });
 
   test('metrics turned off and a log level that hides warnings are found', async () => {

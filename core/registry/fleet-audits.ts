@@ -207,12 +207,13 @@ const SHARED = `
   WHERE kind = 'connected' AND at >= $1 AND certificate_serial IS NOT NULL AND address IS NOT NULL`;
 const SHARED_GROUPS = `GROUP BY certificate_serial HAVING count(DISTINCT address) > 1`;
 const COUNT_SHARED = `SELECT count(*)::int AS n FROM (SELECT certificate_serial ${SHARED} ${SHARED_GROUPS}) s`;
+/* The window's events first, from the time index, here and for takeovers: else the planner walks every event in serial order to feed the LIMIT. */
 const PAGE_SHARED = `
+  WITH e AS MATERIALIZED (SELECT certificate_serial, device_id, address, at ${SHARED} AND certificate_serial > $2)
   SELECT certificate_serial AS serial, min(device_id) AS device_id,
     (array_agg(DISTINCT address ORDER BY address))[1:20] AS addresses, count(DISTINCT address)::int AS address_count,
     count(*)::int AS connects, max(at) AS last_at, ARRAY[certificate_serial] AS key
-  ${SHARED} AND certificate_serial > $2
-  ${SHARED_GROUPS}
+  FROM e ${SHARED_GROUPS}
   ORDER BY certificate_serial LIMIT $3`;
 
 export const countSharedCertificates = (q: Queryable, since: Date) => count(q, COUNT_SHARED, [since]);
@@ -242,11 +243,11 @@ const TAKEOVERS = `
 const TAKEOVER_GROUPS = `GROUP BY device_id HAVING count(*) >= $2`;
 const COUNT_TAKEOVERS = `SELECT count(*)::int AS n FROM (SELECT device_id ${TAKEOVERS} ${TAKEOVER_GROUPS}) s`;
 const PAGE_TAKEOVERS = `
+  WITH e AS MATERIALIZED (SELECT device_id, address, at ${TAKEOVERS} AND device_id > $3)
   SELECT device_id, count(*)::int AS takeovers, max(at) AS last_at,
     coalesce((array_agg(DISTINCT address ORDER BY address) FILTER (WHERE address IS NOT NULL))[1:20], '{}') AS addresses,
     ARRAY[device_id] AS key
-  ${TAKEOVERS} AND device_id > $3
-  ${TAKEOVER_GROUPS}
+  FROM e ${TAKEOVER_GROUPS}
   ORDER BY device_id LIMIT $4`;
 
 export const countConflictingClientIds = (q: Queryable, since: Date, atLeast: number) => count(q, COUNT_TAKEOVERS, [since, atLeast]);
