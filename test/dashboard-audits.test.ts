@@ -469,5 +469,7 @@ describe('a hardened, healthy fleet: no findings; who may read the audits; bad r
     assert.ok(one, '/v1/audits/{check}');
     assert.deepEqual(one.parameters.map((p: { name: string }) => p.name).sort(), ['check', 'count', 'cursor', 'days', 'hours', 'limit']);
     assert.ok(one.responses['404'] && one.responses['400']);
+    assert.deepEqual(one.tags, ['audits']);
+    assert.ok(doc.tags.some((tag: { name: string }) => tag.name === 'audits'));
   });
 });
