@@ -7,6 +7,9 @@ import { pkcs11KeyStore } from '../core/pki/pkcs11-key-store.js';
 
 const pkiDir = (config: FleetConfig) => path.join(config.dataDir, 'pki');
 
+/** Where the root CA key is while it is online; offline, the file is elsewhere and only root.crt is here. */
+export const rootKeyFile = (config: FleetConfig) => path.join(pkiDir(config), 'root.key');
+
 /**
  * The CA's keys: files in `<dataDir>/pki` (encrypted at rest when FLEET_CA_PASSPHRASE is set), with
  * the issuing CA keys in a PKCS#11 token when FLEET_CA_PKCS11_MODULE is set. Close it when done.
@@ -38,7 +41,7 @@ export function warnAboutCaKeys(keyStore: KeyStore, config: FleetConfig, log: Lo
       `the CA private keys are not encrypted at rest; set ${PASSPHRASE_VARIABLE} (12 characters or more) to encrypt them on the next start`,
     );
   }
-  const rootKey = path.join(dir, 'root.key');
+  const rootKey = rootKeyFile(config);
   if (!existsSync(rootKey)) return;
   const offline = '<offline-dir>';
   log.warn(

@@ -8,6 +8,7 @@ import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
 import { registerEventCommands } from './events-commands.js';
 import { registerListCommands } from './list-commands.js';
+import { registerAuditCommands } from './audit-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
 import { createLogger, stderrDestination } from '../core/log.js';
 import {
@@ -74,7 +75,7 @@ export function registerCommands(program: Command): void {
           `  provisioning API  https://localhost:${fleet.api.port}  (reference at /docs, OpenAPI at /openapi.json)`,
           `  MQTT broker       mqtts://localhost:${fleet.broker.port}  (client certificate required)`,
           ...(fleet.api.pkiHttpPort === undefined ? [] : [`  CRLs, OCSP, CAs   http://localhost:${fleet.api.pkiHttpPort}  (plain HTTP, signed objects only)`]),
-          `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
+          fleet.metricsPort === undefined ? '  metrics           off (FLEET_METRICS_PORT=off)' : `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
           `  root CA           ${rootCertificatePath(config)}`,
           'Next, in another terminal: npx fleet token create --role admin',
           '',
@@ -234,6 +235,7 @@ export function registerCommands(program: Command): void {
       explain(`${device.id} is ${device.status}.`);
     });
 
+  registerAuditCommands(program, withRegistry);
   registerSimCommand(program, startSimBackend);
   registerEventCommands(program, withRegistry);
   registerListCommands(program, withRegistry);

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import {
   type ChangeFeedOptions,
@@ -20,13 +21,15 @@ import { type Database, ensureDataDir, openDatabase } from '../core/db/database.
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
 import { createScheduler, type Scheduler } from '../core/scheduler.js';
-import { caKeyStore, warnAboutCaKeys } from './ca-keys.js';
+import { caKeyStore, rootKeyFile, warnAboutCaKeys } from './ca-keys.js';
+import type { AuditEnvironment } from '../dashboard-api/audits/index.js';
 
 export { caKeyStore };
 
 export interface RunningFleet {
   db: Database;
-  metricsPort: number;
+  /** Undefined when metrics are turned off. */
+  metricsPort: number | undefined;
   changes: ChangeFollower;
   ca: CertificateAuthority;
   api: RunningApi;
@@ -61,8 +64,9 @@ export async function startFleet(
     warnAboutCaKeys(keyStore, config, log);
     const policy = policyFromConfig(config);
     const metrics = createBrokerMetrics();
-    const metricsServer = await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort, log });
-    started.push(metricsServer);
+    const metricsServer =
+      config.metricsPort === undefined ? undefined : await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort, log });
+    if (metricsServer) started.push(metricsServer);
     const changes = followRegistryChanges({
       connection: db.changeFeedConnection,
       log,
@@ -104,7 +108,8 @@ export async function startFleet(
         trustedProxies: trustedProxies(config.proxy),
       },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
-      ({ throttle }) => dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle, events, maxEventStreams: config.eventStreamsMax }),
+      ({ throttle }) =>
+        dashboardRoutes({ pool: db.pool, ca, clock, scheduler, log, throttle, events, maxEventStreams: config.eventStreamsMax, audits: auditEnvironment(config) }),
     );
     started.push(api);
     // Closed before the API: its open event streams end cleanly rather than hold the shutdown.
@@ -123,7 +128,7 @@ export async function startFleet(
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));
     });
-    return { db, metricsPort: metricsServer.port, changes, ca, api, broker, close: stopAll };
+    return { db, metricsPort: metricsServer?.port, changes, ca, api, broker, close: stopAll };
   } catch (error) {
     await stopAll();
     throw error;
@@ -132,6 +137,21 @@ export async function startFleet(
 
 /** The event streams' LISTEN connection: the change feed's settings, under a name of its own in pg_stat_activity. */
 const eventStreamConnection = (db: Database) => ({ ...db.changeFeedConnection, application_name: 'fleet-auth event stream' });
+
+/** What the audits read of this configuration: the key policy, key custody, metrics and logging. */
+export function auditEnvironment(config: FleetConfig): AuditEnvironment {
+  const rootKey = rootKeyFile(config);
+  return {
+    allowedKeys: config.allowedKeys,
+    maxCertificateLifetimeMs: config.maxCertificateLifetimeMs,
+    caKeysEncrypted: config.caPassphrase !== undefined,
+    caKeyDir: path.dirname(rootKey),
+    rootKeyOnline: () => existsSync(rootKey),
+    rootKeyLocation: rootKey,
+    metricsEnabled: config.metricsPort !== undefined,
+    logLevel: config.logLevel,
+  };
+}
 
 export const rootCertificatePath = (config: FleetConfig) => path.join(config.dataDir, 'pki', 'root.crt');
 

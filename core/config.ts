@@ -43,7 +43,8 @@ export interface FleetConfig {
   caPkcs11: { module: string; token: string; pin: string; keyLabel: string } | undefined;
   /** Where Prometheus scrapes the broker's metrics (plain HTTP, GET /metrics); loopback by default. */
   metricsHost: string;
-  metricsPort: number;
+  /** Undefined when turned off (FLEET_METRICS_PORT=off), which the metrics_disabled audit reports. */
+  metricsPort: number | undefined;
   /** New broker connections one address may open per second, sustained, and at once after a quiet spell. */
   brokerConnectRate: number;
   brokerConnectBurst: number;
@@ -164,7 +165,7 @@ const schema = z.object({
   FLEET_BROKER_CONNECT_TIMEOUT: duration('10s'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   FLEET_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
-  FLEET_METRICS_PORT: port(9464),
+  FLEET_METRICS_PORT: z.union([z.literal('off'), port(9464)]).default(9464),
   FLEET_BROKER_CONNECT_RATE: z.coerce.number().positive().default(50),
   FLEET_BROKER_CONNECT_BURST: z.coerce.number().int().min(1).default(100),
   FLEET_BROKER_MAX_CONNECTIONS: z.coerce.number().int().min(1).optional(),
@@ -246,7 +247,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     caPassphrase: e.FLEET_CA_PASSPHRASE,
     caPkcs11: pkcs11Of(e),
     metricsHost: e.FLEET_METRICS_HOST,
-    metricsPort: e.FLEET_METRICS_PORT,
+    metricsPort: e.FLEET_METRICS_PORT === 'off' ? undefined : e.FLEET_METRICS_PORT,
     brokerConnectRate: e.FLEET_BROKER_CONNECT_RATE,
     brokerConnectBurst: e.FLEET_BROKER_CONNECT_BURST,
     brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,

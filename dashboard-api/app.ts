@@ -1,6 +1,7 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import { auditLogRoutes } from './audit-log.js';
 import { certificateReportRoutes } from './certificates.js';
+import { auditRoutes } from './audits.js';
 import type { DashboardDeps } from './deps.js';
 import { eventRoutes } from './events.js';
 import { deviceListRoutes } from './devices.js';
@@ -18,5 +19,6 @@ export function dashboardRoutes(deps: DashboardDeps): OpenAPIHono<any>[] {
     deviceListRoutes(deps),
     certificateReportRoutes(deps),
     auditLogRoutes(deps),
+    auditRoutes(deps),
   ];
 }

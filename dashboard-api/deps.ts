@@ -4,6 +4,7 @@ import type { DeviceEventFeed } from '../core/registry/index.js';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
 import type { Scheduler } from '../core/scheduler.js';
+import type { AuditEnvironment } from './audits/index.js';
 
 /** What the dashboard API and the console run on; tests pass real ones with test settings. */
 export interface DashboardDeps {
@@ -18,4 +19,6 @@ export interface DashboardDeps {
   events: DeviceEventFeed;
   /** Event streams served at once; past it a new one is answered 503. */
   maxEventStreams: number;
+  /** What the configuration-based audits read (key policy, key custody, metrics, logging). */
+  audits: AuditEnvironment;
 }

@@ -1,8 +1,7 @@
-import { createPublicKey } from 'node:crypto';
 import { FleetError } from '../core/errors.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { CLOCK_SKEW_MS, type CertificateAuthority } from '../core/pki/authority.js';
-import { type KeyKind, MIN_RSA_BITS } from '../core/pki/key-kinds.js';
+import { describePublicKey, type KeyDescription, type KeyKind, MIN_RSA_BITS } from '../core/pki/key-kinds.js';
 import { fingerprintOf, sha256Hex, x509 } from '../core/pki/x509.js';
 import type { CertificateRecord } from '../core/registry/index.js';
 
@@ -42,41 +41,8 @@ export const defaultPolicy = (overrides: Partial<IssuancePolicy> = {}): Issuance
   ...overrides,
 });
 
-interface KeyDescription {
-  kind: KeyKind | undefined;
-  text: string;
-}
-
-const CURVES: Record<string, { kind: KeyKind; name: string }> = {
-  prime256v1: { kind: 'ec-p256', name: 'P-256' },
-  secp384r1: { kind: 'ec-p384', name: 'P-384' },
-};
-
 /** Classifies a public key by its SPKI, with OpenSSL's reading of it rather than our own. */
-export function describeKey(publicKey: x509.PublicKey): KeyDescription {
-  let key;
-  try {
-    key = createPublicKey({ key: Buffer.from(publicKey.rawData), format: 'der', type: 'spki' });
-  } catch {
-    return { kind: undefined, text: 'a key of an unknown algorithm' };
-  }
-  const details = key.asymmetricKeyDetails ?? {};
-  switch (key.asymmetricKeyType) {
-    case 'ec': {
-      const curve = CURVES[details.namedCurve ?? ''];
-      return { kind: curve?.kind, text: `an EC ${curve?.name ?? details.namedCurve ?? 'unknown-curve'} key` };
-    }
-    case 'ed25519':
-      return { kind: 'ed25519', text: 'an Ed25519 key' };
-    case 'rsa':
-    case 'rsa-pss': {
-      const bits = details.modulusLength ?? 0;
-      return { kind: bits >= MIN_RSA_BITS ? 'rsa' : undefined, text: `a ${bits}-bit RSA key` };
-    }
-    default:
-      return { kind: undefined, text: `an ${key.asymmetricKeyType ?? 'unknown'} key` };
-  }
-}
+export const describeKey = (publicKey: x509.PublicKey): KeyDescription => describePublicKey(publicKey.rawData);
 
 const KEY_NAMES: Record<KeyKind, string> = {
   'ec-p256': 'EC P-256',
@@ -162,6 +128,7 @@ export function certificateRecord(certificate: x509.X509Certificate): Certificat
     serial: certificate.serialNumber.toLowerCase(),
     fingerprint: fingerprintOf(certificate),
     publicKeySha256: sha256Hex(certificate.publicKey.rawData),
+    keyType: describeKey(certificate.publicKey).type,
     issuer: certificate.issuer,
     notBefore: certificate.notBefore,
     notAfter: certificate.notAfter,

@@ -126,7 +126,7 @@ async function assertServersVerify(fleet: RunningFleet, device: EnrolledDevice, 
 const trustFileOf = (dataDir: string) => readFile(path.join(dataDir, 'pki', 'trust.pem'), 'utf8');
 const subjectsIn = (pem: string) => pem.split(/(?<=-----END CERTIFICATE-----)/).filter((p) => p.includes('BEGIN')).map((p) => new x509.X509Certificate(p.trim()).subject);
 
-async function metric(port: number, name: string): Promise<number | undefined> {
+async function metric(port: number | undefined, name: string): Promise<number | undefined> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   return parseExposition(text).samples.find((s) => s.name === name)?.value;
 }

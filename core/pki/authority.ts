@@ -251,6 +251,24 @@ export const issuerFileName = (generation: number) => (generation === 1 ? 'issui
 const issuingCertFile = (dir: string, generation: number) => path.join(dir, `${issuerFileName(generation)}.crt`);
 export const issuingSubject = (generation: number) => `CN=fleet-auth Issuing CA ${generation}, O=fleet-auth`;
 
+/** The CA certificates a fleet trusts, without its keys: what audits read of the CA (the root and each issuing CA's validity). */
+export interface TrustedCaCertificates {
+  root: x509.X509Certificate;
+  /** Every trusted issuing CA, newest first. */
+  issuers: readonly { generation: number; certificate: x509.X509Certificate }[];
+}
+
+/** The trusted CA certificates in `<dataDir>/pki`, read without touching a key, for a process that does not run the CA. */
+export async function readTrustedCaCertificates(dataDir: string): Promise<TrustedCaCertificates> {
+  const dir = pkiDirOf(dataDir);
+  if (!existsSync(rootCertFile(dir))) {
+    throw new FleetError('root_not_found', 404, `there is no root CA certificate in ${dir}; start the fleet once (fleet start), or set FLEET_DATA_DIR`);
+  }
+  const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
+  const issuers = await Promise.all(generations.map(async (generation) => ({ generation, certificate: await readCertificate(issuingCertFile(dir, generation)) })));
+  return { root: await readCertificate(rootCertFile(dir)), issuers };
+}
+
 const issuerGenerations = (dir: string) => generationsIn(dir);
 const retiredGenerations = (dir: string) => generationsIn(path.join(dir, 'retired'));
 

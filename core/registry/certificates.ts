@@ -19,6 +19,8 @@ export interface CertificateRecord {
   serial: string;
   fingerprint: string;
   publicKeySha256: string;
+  /** The key's precise type ('ec-p256', 'rsa-3072'), so audits can hold it to a policy that changed since. */
+  keyType?: string;
   issuer: string;
   notBefore: Date;
   notAfter: Date;
@@ -46,8 +48,8 @@ export interface CertificateIdentity {
 }
 
 const INSERT_CERTIFICATE = `
-  INSERT INTO certificates (serial, fingerprint, public_key_sha256, device_id, issuer, not_before, not_after, pem, created_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`;
+  INSERT INTO certificates (serial, fingerprint, public_key_sha256, device_id, issuer, not_before, not_after, pem, created_at, key_type)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`;
 
 const IDENTITY_COLUMNS = `
   c.device_id, d.status AS device_status, d.kind, d.role, d.batch, d.profile, c.serial, c.status AS certificate_status,
@@ -89,7 +91,7 @@ const REVOKE_ONE = `
   RETURNING device_id`;
 
 export async function insertCertificate(q: Queryable, deviceId: string, c: CertificateRecord, now: Date): Promise<void> {
-  await q.query(INSERT_CERTIFICATE, [c.serial, c.fingerprint, c.publicKeySha256, deviceId, c.issuer, c.notBefore, c.notAfter, c.pem, now]);
+  await q.query(INSERT_CERTIFICATE, [c.serial, c.fingerprint, c.publicKeySha256, deviceId, c.issuer, c.notBefore, c.notAfter, c.pem, now, c.keyType ?? null]);
 }
 
 export const toIdentity = (r: Record<string, any>): CertificateIdentity => ({

@@ -11,6 +11,7 @@ export * from './enrollment-tokens.js';
 export * from './event-feed.js';
 export * from './event-retention.js';
 export * from './events.js';
+export * from './fleet-audits.js';
 export * from './identity-kinds.js';
 export * from './issuance.js';
 export * from './operators.js';

@@ -54,7 +54,7 @@ export function sampleValue(exposition: Exposition, name: string, labels: Record
 }
 
 /** Scrapes a running fleet's metrics endpoint for one sample's value; 0 when the series is absent. */
-export async function scrapedValue(metricsPort: number, name: string, labels: Record<string, string> = {}): Promise<number> {
+export async function scrapedValue(metricsPort: number | undefined, name: string, labels: Record<string, string> = {}): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
   return sampleValue(parseExposition(await res.text()), name, labels) ?? 0;
 }
