@@ -1,4 +1,5 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
+import { consoleRoutes } from './console.js';
 import type { DashboardDeps } from './deps.js';
 
 /**
@@ -7,6 +8,5 @@ import type { DashboardDeps } from './deps.js';
  * OpenAPI document.
  */
 export function dashboardRoutes(deps: DashboardDeps): OpenAPIHono<any>[] {
-  void deps;
-  return [];
+  return [consoleRoutes(deps)];
 }

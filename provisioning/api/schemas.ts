@@ -61,21 +61,7 @@ export const IssuedCertificate = z
   })
   .openapi('IssuedCertificate');
 
-export const Problem = z
-  .object({
-    type: z.string(),
-    title: z.string(),
-    status: z.number().int(),
-    detail: z.string(),
-    code: z.string(),
-    instance: z.string(),
-  })
-  .openapi('Problem');
-
-export const problemResponses = (...statuses: number[]) =>
-  Object.fromEntries(
-    statuses.map((status) => [status, { description: 'problem', content: { 'application/problem+json': { schema: Problem } } }]),
-  );
+export { Problem, problemResponses } from '../../core/http/problem-schema.js';
 
 /** Dates leave the API as ISO 8601 strings. */
 export function isoDates<T extends object>(value: T): { [K in keyof T]: T[K] extends Date ? string : T[K] extends Date | null ? string | null : T[K] } {
