@@ -58,7 +58,8 @@ export function table(caption, columns, rows, empty = 'Nothing to show.') {
       {},
       h('caption', { class: 'visually-hidden' }, caption),
       h('thead', {}, h('tr', {}, columns.map(([heading]) => h('th', { scope: 'col' }, heading)))),
-      h('tbody', {}, rows.map((row) => h('tr', {}, columns.map(([, cell]) => h('td', {}, cell(row)))))),
+      // data-label: on a phone each row becomes a card, its cells labelled with their column.
+      h('tbody', {}, rows.map((row) => h('tr', {}, columns.map(([heading, cell]) => h('td', { 'data-label': heading }, cell(row)))))),
     ),
   );
 }

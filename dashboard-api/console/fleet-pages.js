@@ -7,7 +7,7 @@ import { heading, loadInto, section } from './page.js';
 
 // ---- Fleet summary ------------------------------------------------------------------------------
 
-const stat = (label, value, href) => h('div', { class: 'stat' }, h('span', { class: 'stat-value' }, String(value ?? 0)), href ? h('a', { href }, label) : h('span', {}, label));
+const stat = (label, value, href) => h('div', { class: 'stat' }, h('span', { class: 'stat-value' }, (value ?? 0).toLocaleString()), href ? h('a', { href }, label) : h('span', {}, label));
 
 function renderSummary(s) {
   const refusals = Object.entries(s.refusalsLastHour ?? {}).sort((a, b) => b[1] - a[1]);
@@ -23,7 +23,7 @@ function renderSummary(s) {
           stat('online now', s.devices.online, route('devices') + '?online=true'),
           ...['active', 'pending', 'suspended', 'revoked'].map((status) => stat(status, s.devices.byStatus?.[status], route('devices') + `?status=${status}`)),
         ]),
-        h('p', { class: 'muted' }, `${s.devices.byKind?.device ?? 0} devices, ${s.devices.byKind?.service ?? 0} services`),
+        h('p', { class: 'muted' }, `${(s.devices.byKind?.device ?? 0).toLocaleString()} devices, ${(s.devices.byKind?.service ?? 0).toLocaleString()} services`),
       ),
       section(
         'Certificates expiring',
