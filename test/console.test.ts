@@ -83,6 +83,15 @@ async function consoleAs(role: OperatorRole, viewport: Viewport = 'desktop'): Pr
   return c;
 }
 
+/** A device enrolled now, and its page open in the console as `role`. */
+async function onDevicePage(id: string, role: OperatorRole = 'operator'): Promise<Console> {
+  await t.enroll(id);
+  const c = await consoleAs(role);
+  await c.page.goto(`/console#/devices/${encodeURIComponent(id)}`);
+  await heading(c).filter({ hasText: id }).waitFor();
+  return c;
+}
+
 const deviceRow = (c: Console, id: string) => c.page.getByRole('link', { name: id, exact: true });
 const heading = (c: Console) => c.page.getByRole('heading', { level: 1 });
 
@@ -144,9 +153,7 @@ describe('an operator in the console', () => {
 
   test('the confirmation is reachable by keyboard: Escape cancels, and it refuses to revoke without a reason', async () => {
     const id = 'keyboard-target';
-    await t.enroll(id);
-    const c = await consoleAs('operator');
-    await c.page.goto(`/console#/devices/${id}`);
+    const c = await onDevicePage(id);
     const revoke = c.page.getByRole('button', { name: 'Revoke…' });
     await revoke.focus();
     await c.page.keyboard.press('Enter');
@@ -169,9 +176,7 @@ describe('an operator in the console', () => {
 
   test('suspends and resumes a device', async () => {
     const id = 'suspend-target';
-    await t.enroll(id);
-    const c = await consoleAs('operator');
-    await c.page.goto(`/console#/devices/${id}`);
+    const c = await onDevicePage(id);
     await c.page.getByRole('button', { name: 'Suspend…' }).click();
     await c.page.getByRole('dialog').getByRole('button', { name: 'Suspend device' }).click();
     await c.page.locator('.device-state').getByText('suspended', { exact: true }).waitFor();
@@ -184,9 +189,7 @@ describe('an operator in the console', () => {
 
 describe('role and refusals', () => {
   test('a viewer sees no action it may not take', async () => {
-    await t.enroll('viewer-sees');
-    const c = await consoleAs('viewer');
-    await c.page.goto('/console#/devices/viewer-sees');
+    const c = await onDevicePage('viewer-sees', 'viewer');
     await c.page.getByText('Your role (viewer) may read devices but not change them.').waitFor();
     assert.equal(await c.page.getByRole('button', { name: /Revoke|Suspend|Resume/ }).count(), 0);
     await c.context.close();
@@ -264,7 +267,10 @@ describe('the pages at desktop and phone width', () => {
 
   for (const viewport of Object.keys(VIEWPORTS) as Viewport[]) {
     test(`every page renders at ${viewport} width, without a script error or a page wider than the screen`, async () => {
-      const c = await consoleAs('admin', viewport);
+      const c = await openConsole(viewport);
+      await c.page.getByLabel('Operator token').waitFor();
+      await c.shot('login');
+      await logIn(c, tokens.admin!);
       for (const p of PAGES) {
         await c.page.goto(`/console${p.hash}`);
         await heading(c).filter({ hasText: p.heading }).waitFor();
