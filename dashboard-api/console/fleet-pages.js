@@ -47,7 +47,7 @@ function renderSummary(s) {
 export async function summaryPage(main, _, __, ctx) {
   const body = h('div', { 'aria-live': 'polite' });
   main.append(heading('Fleet summary'), body);
-  const load = () => loadInto(body, ctx, 'The fleet summary', async () => renderSummary(await get('/v1/fleet/summary')));
+  const load = () => loadInto(body, ctx, 'the fleet summary', async () => renderSummary(await get('/v1/fleet/summary')));
   await load();
   return onEvent(debounce(load, 1000));
 }
@@ -125,7 +125,7 @@ export async function devicesPage(main, _, params, ctx) {
   main.append(heading('Devices'), filterForm(params), body);
 
   const shown = new Set();
-  const load = () => loadInto(body, ctx, 'The device list', async () => {
+  const load = () => loadInto(body, ctx, 'the device list', async () => {
     let page;
     try {
       page = await get('/v1/devices' + query({ ...filters, limit: 25, cursor }));
@@ -271,9 +271,9 @@ export async function devicePage(main, id, _, ctx) {
     main.querySelector('.actions button, h1')?.focus();
   }
 
-  const loadDevice = () => loadInto(body, ctx, 'The device', async () => renderDevice(await get(`/v1/devices/${encodeURIComponent(id)}`), ctx, act));
+  const loadDevice = () => loadInto(body, ctx, 'the device', async () => renderDevice(await get(`/v1/devices/${encodeURIComponent(id)}`), ctx, act));
   const loadEvents = () =>
-    loadInto(events, ctx, 'The event history', async () => table('Recent events', EVENT_COLUMNS, (await get(`/v1/devices/${encodeURIComponent(id)}/events?limit=20`)).events, 'No events recorded.'));
+    loadInto(events, ctx, 'the event history', async () => table('Recent events', EVENT_COLUMNS, (await get(`/v1/devices/${encodeURIComponent(id)}/events?limit=20`)).events, 'No events recorded.'));
   await Promise.all([loadDevice(), loadEvents()]);
   const refresh = debounce(() => Promise.all([loadDevice(), loadEvents()]), 300);
   return onEvent((event) => {
