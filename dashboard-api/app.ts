@@ -2,6 +2,7 @@ import type { OpenAPIHono } from '@hono/zod-openapi';
 import { auditLogRoutes } from './audit-log.js';
 import { certificateReportRoutes } from './certificates.js';
 import { auditRoutes } from './audits.js';
+import { consoleRoutes } from './console.js';
 import type { DashboardDeps } from './deps.js';
 import { eventRoutes } from './events.js';
 import { deviceListRoutes } from './devices.js';
@@ -20,5 +21,6 @@ export function dashboardRoutes(deps: DashboardDeps): OpenAPIHono<any>[] {
     certificateReportRoutes(deps),
     auditLogRoutes(deps),
     auditRoutes(deps),
+    consoleRoutes(deps),
   ];
 }

@@ -9,7 +9,7 @@ import { failureBackoff, tokenBuckets } from '../core/rate-limit.js';
 import type { ApiMetrics } from './metrics.js';
 
 /** What a credential is: each kind is limited on its own. */
-export type CredentialKind = 'operator_token' | 'enrollment_token' | 'device' | 'certificate';
+export type CredentialKind = 'operator_token' | 'operator_session' | 'enrollment_token' | 'device' | 'certificate';
 
 export interface ApiThrottle {
   /** Per-address rate on every request, and, on routes that take credentials, the failure backoff. */
@@ -20,8 +20,8 @@ export interface ApiThrottle {
   failed(c: Context, reason: string, count?: number): void;
 }
 
-/** Routes that take a credential; the rest (CA certificates, CRLs, OCSP, health, docs) are public. */
-const takesCredentials = (path: string) => path.startsWith('/v1/') || path.startsWith('/.well-known/est/simple');
+/** Routes that take a credential (the console's login takes an operator token); the rest (CA certificates, CRLs, OCSP, health, docs) are public. */
+const takesCredentials = (path: string) => path.startsWith('/v1/') || path.startsWith('/.well-known/est/simple') || path === '/console/login';
 
 export const clientAddress = (c: Context): string => (c.env as HttpBindings).incoming.socket.remoteAddress ?? '';
 

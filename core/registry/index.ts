@@ -15,6 +15,7 @@ export * from './fleet-audits.js';
 export * from './identity-kinds.js';
 export * from './issuance.js';
 export * from './operators.js';
+export * from './operator-sessions.js';
 export * from './presence.js';
 export * from './renewal.js';
 export { ENROLLMENT_TOKEN_PREFIX, OPERATOR_TOKEN_PREFIX } from './secrets.js';

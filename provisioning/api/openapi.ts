@@ -30,6 +30,7 @@ const TAGS = [
   { name: 'OCSP', description: 'RFC 6960 certificate status: public, signed answers; also over plain HTTP on the PKI listener (FLEET_PKI_HTTP_PORT)' },
   { name: 'health', description: 'Liveness and readiness probes for orchestrators and load balancers' },
   { name: 'documentation', description: 'This document and its interactive reference' },
+  { name: 'console', description: 'The ops console in the browser: its page, login and session (cookie with CSRF token)' },
 ];
 
 const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'] as const;
