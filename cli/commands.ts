@@ -7,7 +7,7 @@ import { FleetError } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
-import { createLogger, stderrDestination } from '../core/log.js';
+import { logTo } from '../core/log.js';
 import {
   announceCaChange,
   createOperatorToken,
@@ -43,7 +43,7 @@ const printSecret = (secret: string) => process.stdout.write(secret + '\n');
 /** Runs a command against the registry: joins the running embedded database, or starts it for the call. */
 async function withRegistry<T>(run: (db: Database, config: FleetConfig) => Promise<T>): Promise<T> {
   const config = loadConfig();
-  const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+  const log = logTo(2, process.env.LOG_LEVEL ?? 'warn', config.logFormat);
   const db = await openDatabase(config, log);
   try {
     return await run(db, config);
@@ -58,7 +58,7 @@ export function registerCommands(program: Command): void {
     .description('run the database (embedded unless DATABASE_URL is set), CA, provisioning API and MQTT broker')
     .action(async () => {
       const config = loadConfig();
-      const log = createLogger(config.logLevel);
+      const log = logTo(1, config.logLevel, config.logFormat);
       // Signals are handled from the start: one during startup stops what has started, database included.
       const starting = startFleet(config, log);
       stopOnSignals(async () => (await starting).close(), log);

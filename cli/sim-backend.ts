@@ -1,5 +1,5 @@
 import { loadConfig } from '../core/config.js';
-import { createLogger, stderrDestination } from '../core/log.js';
+import { logTo } from '../core/log.js';
 import { createOperatorToken } from '../core/registry/index.js';
 import type { Backend } from '../device-sim/run.js';
 import { startFleet } from './start.js';
@@ -20,7 +20,7 @@ export async function startSimBackend(lifetime: string | undefined): Promise<Bac
     ...(lifetime ? { FLEET_CERT_LIFETIME: lifetime, FLEET_CERT_LIFETIME_MIN: lifetime } : {}),
   });
   // Logs go to stderr: stdout's last line belongs to the JSON report.
-  const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+  const log = logTo(2, process.env.LOG_LEVEL ?? 'warn', config.logFormat);
   const fleet = await startFleet(config, log);
   const operator = await createOperatorToken(fleet.db.pool, { name: 'device-sim', role: 'operator', actor: 'cli:device-sim', now: new Date() });
   return {
