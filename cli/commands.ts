@@ -3,7 +3,8 @@ import { userInfo } from 'node:os';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import { type Database, openDatabase } from '../core/db/database.js';
-import { FleetError } from '../core/errors.js';
+import { runningEmbeddedDatabase } from '../core/db/embedded.js';
+import { FleetError, fileProblem } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
@@ -33,6 +34,7 @@ import { registerSimCommand } from '../device-sim/cli.js';
 import { stopOnSignals } from './shutdown.js';
 import { startSimBackend } from './sim-backend.js';
 import { table } from './table.js';
+import { explainFileFailure, explainListenFailure } from './system-errors.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -58,9 +60,12 @@ export function registerCommands(program: Command): void {
     .description('run the database (embedded unless DATABASE_URL is set), CA, provisioning API and MQTT broker')
     .action(async () => {
       const config = loadConfig();
+      await refuseSecondStart(config);
       const log = logTo(1, config.logLevel, config.logFormat);
       // Signals are handled from the start: one during startup stops what has started, database included.
-      const starting = startFleet(config, log);
+      const starting = startFleet(config, log).catch((error: unknown) => {
+        throw explainListenFailure(error, config);
+      });
       stopOnSignals(async () => (await starting).close(), log);
       const fleet = await starting;
       explain(
@@ -131,7 +136,9 @@ export function registerCommands(program: Command): void {
     .option('--batch <name>', 'register them as this named batch')
     .option('--profile <profile>', 'hardware profile for rows that name none')
     .action(async (file: string, options: { batch?: string; profile?: string }) => {
-      const text = file === '-' ? await readStdin() : await readFile(file, 'utf8');
+      const text = file === '-' ? await readStdin() : await readFile(file, 'utf8').catch((error: unknown) => {
+        throw new FleetError('import_file_unreadable', 2, `cannot read the import file ${file}: ${fileProblem(error)}`);
+      });
       const request = bulkFromCsv(text, options);
       const registered = await withRegistry((db, config) =>
         registerDevices(db.pool, { ...request, actor: cliActor(), tokenTtlMs: config.enrollmentTokenTtlMs, now: new Date() }),
@@ -254,8 +261,25 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/**
+ * `fleet start` owns the embedded database it runs on: joining one that another `fleet start` (or a
+ * command) runs would leave this one without a database when that process stops it.
+ */
+async function refuseSecondStart(config: FleetConfig): Promise<void> {
+  if (config.databaseUrl !== undefined) return;
+  const running = await runningEmbeddedDatabase(config.dataDir);
+  if (running === undefined) return;
+  throw new FleetError(
+    'data_dir_in_use',
+    1,
+    `the embedded database in ${config.dataDir} is already running (postgres pid ${running.pid}), most likely for another fleet start; ` +
+      'stop that one first, or give this one another FLEET_DATA_DIR',
+  );
+}
+
 /** A refusal or bad configuration is a one-line message; anything else keeps its stack for a bug report. */
 export function fail(error: unknown): never {
+  error = explainFileFailure(error) ?? error;
   if (error instanceof FleetError) {
     process.stderr.write(`error: ${error.message} [${error.code}]\n`);
     process.exit(error.code === 'usage' ? 2 : 1);

@@ -1,4 +1,6 @@
-import { chmod, mkdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, chmod, mkdir } from 'node:fs/promises';
+import { FleetError, fileProblem } from '../errors.js';
 import pg from 'pg';
 import type { FleetConfig } from '../config.js';
 import type { Logger } from '../log.js';
@@ -100,6 +102,15 @@ export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'da
  * 'postgres' user when we are root: that user may pass through it, but not list it.
  */
 export async function ensureDataDir(dataDir: string): Promise<void> {
-  await mkdir(dataDir, { recursive: true, mode: 0o711 });
-  await chmod(dataDir, 0o711);
+  try {
+    await mkdir(dataDir, { recursive: true, mode: 0o711 });
+    await chmod(dataDir, 0o711);
+    await access(dataDir, constants.W_OK);
+  } catch (error) {
+    throw new FleetError(
+      'data_dir_unusable',
+      1,
+      `the data directory ${dataDir} cannot be created or written (FLEET_DATA_DIR): ${fileProblem(error)}; choose another directory or fix its permissions`,
+    );
+  }
 }
