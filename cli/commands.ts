@@ -7,6 +7,7 @@ import { runningEmbeddedDatabase } from '../core/db/embedded.js';
 import { FleetError, fileProblem } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
+import { registerBackupCommands } from './backup-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
 import { logTo } from '../core/log.js';
 import {
@@ -237,6 +238,7 @@ export function registerCommands(program: Command): void {
     });
 
   registerSimCommand(program, startSimBackend);
+  registerBackupCommands(program);
 }
 
 function durationOption(text: string): number {

@@ -59,9 +59,13 @@ function openPool(url: string, limits: ConnectionLimits & { max: number }, log: 
 
 /**
  * Connects to DATABASE_URL, or to the embedded PostgreSQL under the data directory when it is unset,
- * and brings the schema up to date.
+ * and brings the schema up to date (or up to `migrateUpTo`, for a restore that loads rows at their own version).
  */
-export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'dataDir'>, log: Logger): Promise<Database> {
+export async function openDatabase(
+  config: Pick<FleetConfig, 'databaseUrl' | 'dataDir'>,
+  log: Logger,
+  options: { migrateUpTo?: number } = {},
+): Promise<Database> {
   let url = config.databaseUrl;
   let stopEmbedded = async () => {};
   if (url === undefined) {
@@ -75,7 +79,7 @@ export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'da
     const migrations = new pg.Pool({ connectionString: url, max: 1, application_name: 'fleet-auth migrations' });
     migrations.on('error', (error) => log.warn({ err: error }, 'the migrations connection failed'));
     try {
-      await migrate(migrations, log);
+      await migrate(migrations, log, undefined, options.migrateUpTo);
     } finally {
       await migrations.end();
     }
