@@ -192,6 +192,9 @@ const schema = z.object({
   FLEET_PROXY_VERIFY_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Verify').default('X-SSL-Client-Verify'),
 });
 
+/** Every variable the configuration reads; the README's Configuration table must name each one. */
+export const CONFIG_VARIABLES: readonly string[] = Object.keys(schema.shape);
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
