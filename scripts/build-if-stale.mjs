@@ -3,7 +3,7 @@
 // says so first: `npm start` then only starts, and a build never runs silently. Plain JavaScript with
 // no dependencies, since it runs before anything is compiled (npm ci's prepare, npm start, the fleet bin).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -68,4 +68,29 @@ export function buildIfStale() {
   return true;
 }
 
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) buildIfStale();
+/**
+ * npm links the bins of dependencies into node_modules/.bin, but not the project's own: without this
+ * link the first `npx fleet` in a clone installs the project into npm's cache and runs its prepare
+ * script there, silently, for half a minute. With it npx finds the bin at once.
+ */
+export function linkOwnBin() {
+  const bin = path.join(root, 'node_modules', '.bin');
+  const target = path.join(root, 'dist', 'cli', 'fleet.js');
+  if (!existsSync(path.join(root, 'node_modules')) || !existsSync(target)) return;
+  // tsc writes files without the execute bit; a bin needs it (npm sets it only on bins it links).
+  chmodSync(target, 0o755);
+  const link = path.join(bin, 'fleet');
+  try {
+    lstatSync(link);
+    return;
+  } catch {
+    // Not there yet.
+  }
+  mkdirSync(bin, { recursive: true });
+  symlinkSync(path.join('..', '..', 'dist', 'cli', 'fleet.js'), link);
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  buildIfStale();
+  linkOwnBin();
+}

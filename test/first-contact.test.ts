@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { chmod, cp, mkdir, mkdtemp, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readlink, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -36,12 +36,16 @@ describe('the build runs only when a source is newer than dist/, and says so', (
     project = await tempDir('fleet-build-');
     await mkdir(path.join(project, 'src'));
     await cp(path.join(projectRoot, 'scripts'), path.join(project, 'scripts'), { recursive: true });
-    await symlink(path.join(projectRoot, 'node_modules'), path.join(project, 'node_modules'));
+    // Its own node_modules with only the compiler in it: the bin link it gets must not land in ours.
+    await mkdir(path.join(project, 'node_modules'));
+    await symlink(path.join(projectRoot, 'node_modules', 'typescript'), path.join(project, 'node_modules', 'typescript'));
     await writeFile(
       path.join(project, 'tsconfig.json'),
-      JSON.stringify({ compilerOptions: { module: 'NodeNext', target: 'ES2022', outDir: 'dist', rootDir: '.', strict: true, types: [] }, include: ['src'] }),
+      JSON.stringify({ compilerOptions: { module: 'NodeNext', target: 'ES2022', outDir: 'dist', rootDir: '.', strict: true, types: [] }, include: ['src', 'cli'] }),
     );
     await writeFile(path.join(project, 'src', 'a.ts'), 'export const a: number = 1;\n');
+    await mkdir(path.join(project, 'cli'));
+    await writeFile(path.join(project, 'cli', 'fleet.ts'), '#!/usr/bin/env node\nconsole.log("fleet here");\n');
   });
 
   test('npm start, npm run sim and npm run fleet call the check, and only npm ci (prepare) builds unconditionally once', async () => {
@@ -59,6 +63,14 @@ describe('the build runs only when a source is newer than dist/, and says so', (
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stderr, /^building fleet-auth \(first build\)…\n/);
     assert.ok(existsSync(compiled()));
+  });
+
+  test('the project\'s own bin is linked, so the first npx fleet runs it instead of installing the project into npm\'s cache', async () => {
+    const bin = path.join(project, 'node_modules', '.bin', 'fleet');
+    assert.equal(await readlink(bin), path.join('..', '..', 'dist', 'cli', 'fleet.js'));
+    const res = await run(bin, []);
+    assert.equal(res.code, 0, res.stderr);
+    assert.equal(res.stdout, 'fleet here\n');
   });
 
   test('a fresh dist/ is left alone, silently', async () => {
