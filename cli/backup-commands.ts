@@ -11,7 +11,9 @@ import { openDatabase } from '../core/db/database.js';
 import { loadMigrations, migrate } from '../core/db/migrate.js';
 import { FleetError, fileProblem } from '../core/errors.js';
 import { logTo } from '../core/log.js';
+import { inTransaction } from '../core/db/transaction.js';
 import {
+  allowLongWork,
   type AppliedMigration,
   appliedMigrations,
   assertRegistryEmpty,
@@ -149,21 +151,11 @@ async function restore(file: string): Promise<void> {
     const log = logTo(2, process.env.LOG_LEVEL ?? 'warn', config.logFormat);
     db = await openDatabase(config, log, { migrateUpTo: upTo });
     await rm(staged, { recursive: true, force: true });
-    const client = await db.pool.connect();
-    let counts: Record<string, number>;
-    try {
-      await client.query('BEGIN');
-      await client.query('SET LOCAL statement_timeout = 0');
-      await client.query('SET LOCAL idle_in_transaction_session_timeout = 0');
+    const counts = await inTransaction(db.pool, async (client) => {
+      await allowLongWork(client);
       await assertRegistryEmpty(client, await registryTables(client));
-      counts = await loadAll(input, client, staged);
-      await client.query('COMMIT');
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw error;
-    } finally {
-      client.release();
-    }
+      return loadAll(input, client, staged);
+    });
     // Migrations newer than the backup run now, over its rows, as they would have on the old database.
     await migrate(db.pool, log);
     await rename(staged, pkiDir);

@@ -3,7 +3,6 @@ import { userInfo } from 'node:os';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import { type Database, openDatabase } from '../core/db/database.js';
-import { runningEmbeddedDatabase } from '../core/db/embedded.js';
 import { FleetError, fileProblem } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
@@ -36,6 +35,7 @@ import { stopOnSignals } from './shutdown.js';
 import { startSimBackend } from './sim-backend.js';
 import { table } from './table.js';
 import { explainFileFailure, explainListenFailure } from './system-errors.js';
+import { holdDataDir } from './start-lock.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -61,7 +61,7 @@ export function registerCommands(program: Command): void {
     .description('run the database (embedded unless DATABASE_URL is set), CA, provisioning API and MQTT broker')
     .action(async () => {
       const config = loadConfig();
-      await refuseSecondStart(config);
+      await holdDataDir(config);
       const log = logTo(1, config.logLevel, config.logFormat);
       // Signals are handled from the start: one during startup stops what has started, database included.
       const starting = startFleet(config, log).catch((error: unknown) => {
@@ -261,22 +261,6 @@ async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString('utf8');
-}
-
-/**
- * `fleet start` owns the embedded database it runs on: joining one that another `fleet start` (or a
- * command) runs would leave this one without a database when that process stops it.
- */
-async function refuseSecondStart(config: FleetConfig): Promise<void> {
-  if (config.databaseUrl !== undefined) return;
-  const running = await runningEmbeddedDatabase(config.dataDir);
-  if (running === undefined) return;
-  throw new FleetError(
-    'data_dir_in_use',
-    1,
-    `the embedded database in ${config.dataDir} is already running (postgres pid ${running.pid}), most likely for another fleet start; ` +
-      'stop that one first, or give this one another FLEET_DATA_DIR',
-  );
 }
 
 /** A refusal or bad configuration is a one-line message; anything else keeps its stack for a bug report. */

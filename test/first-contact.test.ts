@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { chmod, cp, mkdir, mkdtemp, readlink, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { cp, mkdir, readlink, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, test } from 'node:test';
+import { tempDirs } from './support/temp.js';
 import { projectRoot } from '../core/paths.js';
 import { run } from './support/openssl.js';
 
@@ -12,23 +12,17 @@ import { run } from './support/openssl.js';
  * What a new user meets first: a build only when sources changed (and never a silent one), and
  * readable logs on a terminal, JSON elsewhere. The errors they meet are in startup-errors.test.ts.
  */
-const dirs: string[] = [];
-async function tempDir(prefix: string): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
-  // The embedded PostgreSQL runs as 'postgres' when the tests run as root: it must pass through.
-  await chmod(dir, 0o711);
-  dirs.push(dir);
-  return dir;
-}
-after(async () => {
-  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
-});
+const temp = tempDirs();
+const tempDir = temp.make;
+after(() => temp.removeAll());
 
 const lines = (text: string) => text.split('\n').filter((line) => line.trim() !== '');
 
 describe('the build runs only when a source is newer than dist/, and says so', () => {
   let project: string;
-  const build = () => run(process.execPath, [path.join(project, 'scripts', 'build-if-stale.mjs')], { cwd: project });
+  const env = { ...process.env };
+  delete env.FLEET_BUILD;
+  const build = () => run(process.execPath, [path.join(project, 'scripts', 'build-if-stale.mjs')], { cwd: project, env });
   const compiled = () => path.join(project, 'dist', 'src', 'a.js');
 
   before(async () => {

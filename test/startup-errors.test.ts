@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { tempDirs } from './support/temp.js';
 import { FLEET_BIN, fleetCommand, fleetEnv } from './support/cli.js';
 import { scratchDatabase } from './support/fleet.js';
 
@@ -12,17 +12,9 @@ import { scratchDatabase } from './support/fleet.js';
  * The errors a new user meets first, through the real `fleet` command: each is one line, with no
  * stack trace, that names the setting to change, and the process exits non-zero.
  */
-const dirs: string[] = [];
-async function tempDir(prefix: string): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
-  // The embedded PostgreSQL runs as 'postgres' when the tests run as root: it must pass through.
-  await chmod(dir, 0o711);
-  dirs.push(dir);
-  return dir;
-}
-after(async () => {
-  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
-});
+const temp = tempDirs();
+const tempDir = temp.make;
+after(() => temp.removeAll());
 
 const lines = (text: string) => text.split('\n').filter((line) => line.trim() !== '');
 
@@ -123,7 +115,7 @@ describe('a second fleet start on the same data directory', () => {
     const second = await fleetCommand(['start'], {}, dataDir);
     assert.equal(second.code, 1, second.stderr);
     assert.equal(lines(second.stderr).length, 1, second.stderr);
-    assert.match(second.stderr, /^error: the embedded database in .* is already running \(postgres pid \d+\), most likely for another fleet start; stop that one first, or give this one another FLEET_DATA_DIR/);
+    assert.match(second.stderr, /^error: another fleet start \(pid \d+\) runs on .* and owns its embedded database; stop that one first, or give this one another FLEET_DATA_DIR/);
     assert.equal(first.exitCode, null);
     const list = await fleetCommand(['token', 'list'], {}, dataDir);
     assert.equal(list.code, 0, list.stderr);

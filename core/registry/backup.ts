@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { FleetError } from '../errors.js';
-import type { Queryable } from '../db/transaction.js';
+import { inTransaction, type Queryable } from '../db/transaction.js';
 
 /**
  * The registry's side of `fleet backup` and `fleet restore`: every table of the registry, found in
@@ -106,22 +106,21 @@ export async function registrySequences(q: Queryable): Promise<SequenceValue[]> 
  * Runs `read` in one REPEATABLE READ, read-only transaction, so every table and sequence it reads
  * is the same moment of the registry, while a running fleet goes on writing.
  */
-export async function inRegistrySnapshot<T>(pool: pg.Pool, read: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  try {
-    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    // A backup of a large registry is long work, not a hung query.
-    await client.query('SET LOCAL statement_timeout = 0');
-    await client.query('SET LOCAL idle_in_transaction_session_timeout = 0');
-    const result = await read(client);
-    await client.query('COMMIT');
-    return result;
-  } catch (error) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw error;
-  } finally {
-    client.release();
-  }
+export function inRegistrySnapshot<T>(pool: pg.Pool, read: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  return inTransaction(
+    pool,
+    async (client) => {
+      await allowLongWork(client);
+      return read(client);
+    },
+    'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
+  );
+}
+
+/** A backup or restore of a large registry is long work, not a hung query: no statement or idle timeout in this transaction. */
+export async function allowLongWork(client: pg.PoolClient): Promise<void> {
+  await client.query('SET LOCAL statement_timeout = 0');
+  await client.query('SET LOCAL idle_in_transaction_session_timeout = 0');
 }
 
 /** A table's rows as JSON text, `batch` at a time through a cursor: memory stays flat at any size. */
