@@ -3,6 +3,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FleetConfig } from '../core/config.js';
 import { ensureDataDir } from '../core/db/database.js';
+import { isAlive } from '../core/db/embedded.js';
 import { FleetError } from '../core/errors.js';
 
 /**
@@ -28,13 +29,4 @@ export async function holdDataDir(config: FleetConfig): Promise<void> {
     // Only our own: a later start may have taken the file over after a crash of ours.
     if (readFileSync(file, 'utf8').trim() === String(process.pid)) unlinkSync(file);
   });
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

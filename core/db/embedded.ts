@@ -174,17 +174,8 @@ async function loadCredentials(dataDir: string): Promise<Credentials> {
   return credentials;
 }
 
-/** The embedded PostgreSQL of a data directory, when a process (fleet start, a command) runs it now. */
-export async function runningEmbeddedDatabase(dataDir: string): Promise<{ pid: number; port: number } | undefined> {
-  return runningPostmaster(path.join(dataDir, 'postgres'));
-}
-
-async function runningPort(clusterDir: string): Promise<number | undefined> {
-  return (await runningPostmaster(clusterDir))?.port;
-}
-
 /** postmaster.pid names the running server's pid (line 1) and port (line 4). */
-async function runningPostmaster(clusterDir: string): Promise<{ pid: number; port: number } | undefined> {
+async function runningPort(clusterDir: string): Promise<number | undefined> {
   let text: string;
   try {
     text = await readFile(path.join(clusterDir, 'postmaster.pid'), 'utf8');
@@ -195,10 +186,11 @@ async function runningPostmaster(clusterDir: string): Promise<{ pid: number; por
   const pid = Number(lines[0]);
   const port = Number(lines[3]);
   if (!Number.isInteger(pid) || !Number.isInteger(port) || !isAlive(pid)) return undefined;
-  return { pid, port };
+  return port;
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process runs (EPERM: it does, as another user). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
