@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { cp, mkdir, readlink, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -6,11 +7,13 @@ import { pathToFileURL } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { tempDirs } from './support/temp.js';
 import { projectRoot } from '../core/paths.js';
+import { FLEET_BIN, fleetCommand, fleetEnv } from './support/cli.js';
 import { run } from './support/openssl.js';
 
 /**
- * What a new user meets first: a build only when sources changed (and never a silent one), and
- * readable logs on a terminal, JSON elsewhere. The errors they meet are in startup-errors.test.ts.
+ * What a new user meets first: a build only when sources changed (and never a silent one),
+ * readable logs on a terminal, JSON elsewhere, and a second start refused in one line. The other
+ * errors they meet are in startup-errors.test.ts.
  */
 const temp = tempDirs();
 const tempDir = temp.make;
@@ -136,5 +139,40 @@ describe('logs: JSON for collectors, readable lines on a terminal', () => {
     const plain = res.stdout.replace(/\x1b\[[0-9;]*m/g, '');
     assert.match(plain, /\] INFO: token created/);
     assert.doesNotMatch(plain, /"level":30|SECRET/);
+  });
+});
+
+describe('a second fleet start on the same data directory', () => {
+  let dataDir: string;
+  let first: ChildProcess;
+
+  before(async () => {
+    dataDir = await tempDir('fleet-second-');
+    // The embedded database on purpose: that is what two starts would share.
+    first = spawn(process.execPath, [FLEET_BIN, 'start'], { env: fleetEnv(dataDir), stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    await new Promise<void>((resolve, reject) => {
+      first.stderr!.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+        if (stderr.includes('fleet-auth is running.')) resolve();
+      });
+      first.once('exit', (code) => reject(new Error(`the first fleet start exited with ${code}: ${stderr}`)));
+    });
+  });
+  after(async () => {
+    if (first && first.exitCode === null) {
+      first.kill('SIGINT');
+      await new Promise((resolve) => first.once('exit', resolve));
+    }
+  });
+
+  test('is refused in one line that says what to do, and the first keeps running', async () => {
+    const second = await fleetCommand(['start'], {}, dataDir);
+    assert.equal(second.code, 1, second.stderr);
+    assert.equal(lines(second.stderr).length, 1, second.stderr);
+    assert.match(second.stderr, /^error: another fleet start \(pid \d+\) runs on .* and owns its embedded database; stop that one first, or give this one another FLEET_DATA_DIR/);
+    assert.equal(first.exitCode, null);
+    const list = await fleetCommand(['token', 'list'], {}, dataDir);
+    assert.equal(list.code, 0, list.stderr);
   });
 });

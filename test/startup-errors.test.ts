@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { tempDirs } from './support/temp.js';
-import { FLEET_BIN, fleetCommand, fleetEnv } from './support/cli.js';
+import { fleetCommand } from './support/cli.js';
 import { scratchDatabase } from './support/fleet.js';
 
 /**
@@ -84,40 +83,5 @@ describe('errors a new user meets are one line that says what to change', () => 
       const res = await fleetCommand([...args], { DATABASE_URL: url }, path.join(file, 'data'));
       assertOneLine(res, /^error: the data directory .*a-file\/data cannot be created or written \(FLEET_DATA_DIR\): a part of the path is not a directory/);
     }
-  });
-});
-
-describe('a second fleet start on the same data directory', () => {
-  let dataDir: string;
-  let first: ChildProcess;
-
-  before(async () => {
-    dataDir = await tempDir('fleet-second-');
-    // The embedded database on purpose: that is what two starts would share.
-    first = spawn(process.execPath, [FLEET_BIN, 'start'], { env: fleetEnv(dataDir), stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    await new Promise<void>((resolve, reject) => {
-      first.stderr!.on('data', (chunk: Buffer) => {
-        stderr += chunk.toString();
-        if (stderr.includes('fleet-auth is running.')) resolve();
-      });
-      first.once('exit', (code) => reject(new Error(`the first fleet start exited with ${code}: ${stderr}`)));
-    });
-  });
-  after(async () => {
-    if (first && first.exitCode === null) {
-      first.kill('SIGINT');
-      await new Promise((resolve) => first.once('exit', resolve));
-    }
-  });
-
-  test('is refused in one line that says what to do, and the first keeps running', async () => {
-    const second = await fleetCommand(['start'], {}, dataDir);
-    assert.equal(second.code, 1, second.stderr);
-    assert.equal(lines(second.stderr).length, 1, second.stderr);
-    assert.match(second.stderr, /^error: another fleet start \(pid \d+\) runs on .* and owns its embedded database; stop that one first, or give this one another FLEET_DATA_DIR/);
-    assert.equal(first.exitCode, null);
-    const list = await fleetCommand(['token', 'list'], {}, dataDir);
-    assert.equal(list.code, 0, list.stderr);
   });
 });
