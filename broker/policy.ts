@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
+import { FleetError, fileProblem } from '../core/errors.js';
 import type { CertificateIdentity } from '../core/registry/index.js';
 
 /**
@@ -45,11 +46,15 @@ const PolicyFile = z.object({
 /** Reads a policy file (JSON); anything it leaves out keeps the default. */
 export async function loadTopicPolicy(file: string | undefined): Promise<TopicPolicy> {
   if (!file) return DEFAULT_POLICY;
+  const text = await readFile(file, 'utf8').catch((error: unknown) => {
+    throw new FleetError('policy_unreadable', 1, `cannot read the broker policy ${file} (FLEET_BROKER_POLICY): ${fileProblem(error)}`);
+  });
   let parsed;
   try {
-    parsed = PolicyFile.parse(JSON.parse(await readFile(file, 'utf8')));
+    parsed = PolicyFile.parse(JSON.parse(text));
   } catch (error) {
-    throw new Error(`the broker policy in ${file} is not valid: ${(error as Error).message}`);
+    const why = error instanceof z.ZodError ? z.prettifyError(error).split('\n').map((line) => line.trim()).join(' ') : (error as Error).message;
+    throw new FleetError('policy_invalid', 1, `the broker policy in ${file} is not valid (FLEET_BROKER_POLICY): ${why}`);
   }
   return {
     devices: parsed.devices ?? DEFAULT_POLICY.devices,

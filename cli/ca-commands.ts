@@ -2,7 +2,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import type { Database } from '../core/db/database.js';
-import { createLogger, stderrDestination } from '../core/log.js';
+import { logTo } from '../core/log.js';
 import { rotateIssuingCa } from '../core/pki/authority.js';
 import { importIssuingCa, requestIssuingCa, signIssuingRequest } from '../core/pki/offline-root.js';
 import { sha256Hex } from '../core/pki/x509.js';
@@ -12,7 +12,7 @@ import { withCaKeys } from './ca-keys.js';
 type WithRegistry = <T>(run: (db: Database, config: FleetConfig) => Promise<T>) => Promise<T>;
 
 const explain = (text: string) => process.stderr.write(text + '\n');
-const cliLog = () => createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+const cliLog = () => logTo(2, process.env.LOG_LEVEL ?? 'warn');
 
 /** `fleet ca rotate [--csr]`, `fleet ca sign-issuing`, `fleet ca import`: rotation with the root online or offline. */
 export function registerRotationCommands(ca: Command, withRegistry: WithRegistry): void {

@@ -3,14 +3,15 @@ import { userInfo } from 'node:os';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import { type Database, openDatabase } from '../core/db/database.js';
-import { FleetError } from '../core/errors.js';
+import { FleetError, fileProblem } from '../core/errors.js';
 import { startFleet, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
 import { registerEventCommands } from './events-commands.js';
 import { registerListCommands } from './list-commands.js';
 import { registerAuditCommands } from './audit-commands.js';
+import { registerBackupCommands } from './backup-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
-import { createLogger, stderrDestination } from '../core/log.js';
+import { logTo } from '../core/log.js';
 import {
   announceCaChange,
   createOperatorToken,
@@ -36,6 +37,8 @@ import { registerSimCommand } from '../device-sim/cli.js';
 import { stopOnSignals } from './shutdown.js';
 import { startSimBackend } from './sim-backend.js';
 import { printResult, table } from './table.js';
+import { explainFileFailure, explainListenFailure } from './system-errors.js';
+import { holdDataDir } from './start-lock.js';
 
 const cliActor = () => `cli:${userInfo().username}`;
 
@@ -48,7 +51,7 @@ export type WithRegistry = typeof withRegistry;
 /** Runs a command against the registry: joins the running embedded database, or starts it for the call. */
 async function withRegistry<T>(run: (db: Database, config: FleetConfig) => Promise<T>): Promise<T> {
   const config = loadConfig();
-  const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+  const log = logTo(2, process.env.LOG_LEVEL ?? 'warn', config.logFormat);
   const db = await openDatabase(config, log);
   try {
     return await run(db, config);
@@ -63,9 +66,12 @@ export function registerCommands(program: Command): void {
     .description('run the database (embedded unless DATABASE_URL is set), CA, provisioning API and MQTT broker')
     .action(async () => {
       const config = loadConfig();
-      const log = createLogger(config.logLevel);
+      await holdDataDir(config);
+      const log = logTo(1, config.logLevel, config.logFormat);
       // Signals are handled from the start: one during startup stops what has started, database included.
-      const starting = startFleet(config, log);
+      const starting = startFleet(config, log).catch((error: unknown) => {
+        throw explainListenFailure(error, config);
+      });
       stopOnSignals(async () => (await starting).close(), log);
       const fleet = await starting;
       explain(
@@ -137,7 +143,9 @@ export function registerCommands(program: Command): void {
     .option('--batch <name>', 'register them as this named batch')
     .option('--profile <profile>', 'hardware profile for rows that name none')
     .action(async (file: string, options: { batch?: string; profile?: string }) => {
-      const text = file === '-' ? await readStdin() : await readFile(file, 'utf8');
+      const text = file === '-' ? await readStdin() : await readFile(file, 'utf8').catch((error: unknown) => {
+        throw new FleetError('import_file_unreadable', 2, `cannot read the import file ${file}: ${fileProblem(error)}`);
+      });
       const request = bulkFromCsv(text, options);
       const registered = await withRegistry((db, config) =>
         registerDevices(db.pool, { ...request, actor: cliActor(), tokenTtlMs: config.enrollmentTokenTtlMs, now: new Date() }),
@@ -239,6 +247,7 @@ export function registerCommands(program: Command): void {
   registerSimCommand(program, startSimBackend);
   registerEventCommands(program, withRegistry);
   registerListCommands(program, withRegistry);
+  registerBackupCommands(program);
 }
 
 function durationOption(text: string): number {
@@ -265,6 +274,7 @@ async function readStdin(): Promise<string> {
 
 /** A refusal or bad configuration is a one-line message; anything else keeps its stack for a bug report. */
 export function fail(error: unknown): never {
+  error = explainFileFailure(error) ?? error;
   if (error instanceof FleetError) {
     process.stderr.write(`error: ${error.message} [${error.code}]\n`);
     process.exit(error.code === 'usage' ? 2 : 1);

@@ -1,5 +1,5 @@
 import { type Command, InvalidArgumentError } from 'commander';
-import { createLogger, stderrDestination } from '../core/log.js';
+import { logTo } from '../core/log.js';
 import {
   DEVICE_EVENT_KINDS,
   type DeviceEvent,
@@ -80,7 +80,7 @@ export function registerEventCommands(program: Command, withRegistry: WithRegist
 
 /** Prints every event after `after` as it is written, until SIGINT or SIGTERM. */
 async function follow(db: Parameters<Parameters<WithRegistry>[0]>[0], filter: DeviceEventFilter, after: number, print: (e: DeviceEvent) => void): Promise<void> {
-  const log = createLogger(process.env.LOG_LEVEL ?? 'warn', stderrDestination());
+  const log = logTo(2, process.env.LOG_LEVEL ?? 'warn');
   const feed = followDeviceEvents({ connection: { ...db.changeFeedConnection, application_name: 'fleet events' }, pool: db.pool, scheduler: createScheduler(), log });
   let last = after;
   const subscribe = () =>

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { parseDuration } from './duration.js';
 import type { ServerLimits } from './http/server-limits.js';
 import { KEY_KINDS, type KeyKind } from './pki/key-kinds.js';
+import { LOG_FORMATS, type LogFormat } from './log.js';
 
 /** Everything a fleet-auth process can be told from its environment, validated once at start. */
 export interface FleetConfig {
@@ -37,6 +38,8 @@ export interface FleetConfig {
   brokerStaleGraceMs: number;
   brokerConnectTimeoutMs: number;
   logLevel: string;
+  /** json or pretty; unset chooses by whether the log goes to a terminal. */
+  logFormat: LogFormat | undefined;
   /** Encrypts the CA's private keys at rest; unset keeps them unencrypted (with a warning at start). */
   caPassphrase: string | undefined;
   /** A PKCS#11 token that keeps the issuing CA keys (FLEET_CA_PKCS11_*); unset keeps them in files. */
@@ -164,6 +167,7 @@ const schema = z.object({
   FLEET_BROKER_STALE_GRACE: duration('5m'),
   FLEET_BROKER_CONNECT_TIMEOUT: duration('10s'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  FLEET_LOG_FORMAT: z.enum(LOG_FORMATS).optional(),
   FLEET_METRICS_HOST: z.string().min(1).default('127.0.0.1'),
   FLEET_METRICS_PORT: z.union([z.literal('off'), port(9464)]).default(9464),
   FLEET_BROKER_CONNECT_RATE: z.coerce.number().positive().default(50),
@@ -194,6 +198,9 @@ const schema = z.object({
   FLEET_PROXY_CERT_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Cert').default('X-SSL-Client-Cert'),
   FLEET_PROXY_VERIFY_HEADER: z.string().regex(HEADER_NAME, 'an HTTP header name such as X-SSL-Client-Verify').default('X-SSL-Client-Verify'),
 });
+
+/** Every variable the configuration reads; the README's Configuration table must name each one. */
+export const CONFIG_VARIABLES: readonly string[] = Object.keys(schema.shape);
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -244,6 +251,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerStaleGraceMs: e.FLEET_BROKER_STALE_GRACE,
     brokerConnectTimeoutMs: e.FLEET_BROKER_CONNECT_TIMEOUT,
     logLevel: e.LOG_LEVEL,
+    logFormat: e.FLEET_LOG_FORMAT,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
     caPkcs11: pkcs11Of(e),
     metricsHost: e.FLEET_METRICS_HOST,

@@ -27,3 +27,19 @@ export class AuthenticationError extends FleetError {
     super(code, 401, message);
   }
 }
+
+/** What a file system error means, in words an operator acts on (not "ENOENT"). */
+export function fileProblem(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const reasons: Record<string, string> = {
+    ENOENT: 'no such file or directory',
+    EACCES: 'permission denied',
+    EPERM: 'operation not permitted',
+    EISDIR: 'is a directory, not a file',
+    ENOTDIR: 'a part of the path is not a directory',
+    EROFS: 'on a read-only file system',
+    ENOSPC: 'no space left on the device',
+    EEXIST: 'already exists',
+  };
+  return (code && reasons[code]) ?? (error instanceof Error ? error.message : String(error));
+}

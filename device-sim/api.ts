@@ -10,7 +10,7 @@ export class FleetApi {
   private readonly agent: https.Agent;
   constructor(
     readonly baseUrl: string,
-    private readonly rootPem: string,
+    readonly rootPem: string,
     private readonly operatorToken: string | undefined,
   ) {
     this.agent = new https.Agent({ keepAlive: true, maxSockets: 8, ca: rootPem });

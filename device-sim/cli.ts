@@ -2,7 +2,7 @@ import os from 'node:os';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { parseDuration } from '../core/duration.js';
 import { PROFILE_CHOICES } from './profiles.js';
-import { type Backend, DEFAULT_OPTIONS, readCa, runSimulation, type SimOptions, summaryTable } from './run.js';
+import { DEFAULT_OPTIONS, readCa, runSimulation, type SimOptions, type StartBackend, summaryTable } from './run.js';
 
 const number = (min: number, whole = false) => (text: string) => {
   const n = Number(text);
@@ -19,7 +19,7 @@ const lifetime = (text: string) => {
 type CliOptions = Omit<SimOptions, 'caPem' | 'progress' | 'onProgress' | 'signal' | 'startBackend'> & { ca?: string; json: boolean };
 
 /** `startBackend` runs the backend in this process when --api is not given. */
-export function registerSimCommand(program: Command, startBackend: (lifetime: string | undefined) => Promise<Backend>): void {
+export function registerSimCommand(program: Command, startBackend: StartBackend): void {
   program
     .command('sim')
     .description('simulate a fleet of devices: enroll, connect over mTLS, publish, answer commands, renew, react to revocation')
@@ -47,9 +47,11 @@ export function registerSimCommand(program: Command, startBackend: (lifetime: st
     .addHelpText(
       'after',
       `
-Without --api the simulator starts the backend in this process from the environment (DATABASE_URL,
-FLEET_DATA_DIR …) on free ports, with the per-address connect limit raised (every device connects
-from 127.0.0.1). One process holds both ends of every connection then, so beyond about 8,000
+Without --api the simulator starts a backend of its own in this process, on free ports, with its
+data (CA, embedded database) in <state>/backend: never the registry of FLEET_DATA_DIR or DATABASE_URL.
+The per-address connect limit is raised there (every device connects from 127.0.0.1). A state
+directory whose devices the backend does not know (another CA, a reset registry) stops the run at
+once, saying so. One process holds both ends of every connection then, so beyond about 8,000
 devices run the backend separately (npm start) and point --api/--broker/--ca/--token at it.
 
 Examples:

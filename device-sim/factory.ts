@@ -1,5 +1,6 @@
 import type { FleetApi } from './api.js';
 import { createDeviceIdentity, type DeviceIdentity } from './identity.js';
+import { checkStateKnownToBackend } from './known.js';
 import { loadIdentity, saveIdentity, type StoredIdentity } from './state.js';
 import { mapLimited } from '../core/concurrency.js';
 
@@ -50,6 +51,7 @@ export async function provisionFleet(
       result.reused++;
     }
   });
+  await checkStateKnownToBackend(api, stateDir, result.ready);
   if (missing.length === 0) return result;
   options.onEnrolling?.(missing.length);
 

@@ -35,7 +35,7 @@ export interface SimOptions {
   onProgress?: (snapshot: Progress) => void;
   signal?: AbortSignal;
   /** Starts a backend in this process when `api` is unset; the CLI passes the one it wires. */
-  startBackend?: (lifetime: string | undefined) => Promise<Backend>;
+  startBackend?: StartBackend;
 }
 
 export interface Progress {
@@ -56,6 +56,9 @@ export const DEFAULT_OPTIONS: Omit<SimOptions, 'devices'> = {
   progress: true,
 };
 
+/** Starts a backend of the simulator's own, keeping its data under `stateDir`, never the operator's. */
+export type StartBackend = (options: { lifetime: string | undefined; stateDir: string }) => Promise<Backend>;
+
 /** Where the simulated devices enroll and connect. */
 export interface Backend {
   apiUrl: string;
@@ -68,7 +71,7 @@ export interface Backend {
 
 function inProcessBackend(options: SimOptions): Promise<Backend> {
   if (!options.startBackend) throw new Error('without --api the simulator needs a backend to start in this process');
-  return options.startBackend(options.lifetime);
+  return options.startBackend({ lifetime: options.lifetime, stateDir: options.state });
 }
 
 function externalBackend(options: SimOptions): Backend {

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { after, before, test } from 'node:test';
 import { latestDeviceEventId } from '../core/registry/index.js';
-import { fleetCli, fleetCliEnv, fleetCommand } from './support/cli.js';
+import { FLEET_BIN, fleetCli, fleetCliEnv } from './support/cli.js';
 import { startTestFleet, type TestFleet } from './support/fleet.js';
 import { connectDevice } from './support/mqtt.js';
 import { eventually } from './support/wait.js';
@@ -70,7 +70,7 @@ test('fleet ca rotate is recorded as a ca_changed event', async () => {
 
 test('fleet events --follow prints each new event once, as JSON lines, until Ctrl-C', async () => {
   await t.enroll('cli-follow');
-  const child = spawn(process.execPath, [fleetCommand, 'events', '--follow', '--json', '--device', 'cli-follow', '--kinds', 'suspended,resumed'], {
+  const child = spawn(process.execPath, [FLEET_BIN, 'events', '--follow', '--json', '--device', 'cli-follow', '--kinds', 'suspended,resumed'], {
     env: fleetCliEnv(t),
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -1,4 +1,6 @@
-import { chmod, mkdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, chmod, mkdir } from 'node:fs/promises';
+import { FleetError, fileProblem } from '../errors.js';
 import pg from 'pg';
 import type { FleetConfig } from '../config.js';
 import type { Logger } from '../log.js';
@@ -57,9 +59,13 @@ function openPool(url: string, limits: ConnectionLimits & { max: number }, log: 
 
 /**
  * Connects to DATABASE_URL, or to the embedded PostgreSQL under the data directory when it is unset,
- * and brings the schema up to date.
+ * and brings the schema up to date (or up to `migrateUpTo`, for a restore that loads rows at their own version).
  */
-export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'dataDir'>, log: Logger): Promise<Database> {
+export async function openDatabase(
+  config: Pick<FleetConfig, 'databaseUrl' | 'dataDir'>,
+  log: Logger,
+  options: { migrateUpTo?: number } = {},
+): Promise<Database> {
   let url = config.databaseUrl;
   let stopEmbedded = async () => {};
   if (url === undefined) {
@@ -73,7 +79,7 @@ export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'da
     const migrations = new pg.Pool({ connectionString: url, max: 1, application_name: 'fleet-auth migrations' });
     migrations.on('error', (error) => log.warn({ err: error }, 'the migrations connection failed'));
     try {
-      await migrate(migrations, log);
+      await migrate(migrations, log, undefined, options.migrateUpTo);
     } finally {
       await migrations.end();
     }
@@ -100,6 +106,15 @@ export async function openDatabase(config: Pick<FleetConfig, 'databaseUrl' | 'da
  * 'postgres' user when we are root: that user may pass through it, but not list it.
  */
 export async function ensureDataDir(dataDir: string): Promise<void> {
-  await mkdir(dataDir, { recursive: true, mode: 0o711 });
-  await chmod(dataDir, 0o711);
+  try {
+    await mkdir(dataDir, { recursive: true, mode: 0o711 });
+    await chmod(dataDir, 0o711);
+    await access(dataDir, constants.W_OK);
+  } catch (error) {
+    throw new FleetError(
+      'data_dir_unusable',
+      1,
+      `the data directory ${dataDir} cannot be created or written (FLEET_DATA_DIR): ${fileProblem(error)}; choose another directory or fix its permissions`,
+    );
+  }
 }

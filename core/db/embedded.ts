@@ -189,7 +189,8 @@ async function runningPort(clusterDir: string): Promise<number | undefined> {
   return port;
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process runs (EPERM: it does, as another user). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

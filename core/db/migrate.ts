@@ -37,7 +37,7 @@ export async function loadMigrations(dir = sqlDir): Promise<Migration[]> {
  * schema_migrations. The advisory lock makes processes that start together wait for each other
  * instead of racing to create the same tables.
  */
-export async function migrate(pool: pg.Pool, log: Logger, dir = sqlDir): Promise<number> {
+export async function migrate(pool: pg.Pool, log: Logger, dir = sqlDir, upTo = Number.POSITIVE_INFINITY): Promise<number> {
   const migrations = await loadMigrations(dir);
   const client = await pool.connect();
   try {
@@ -53,6 +53,8 @@ export async function migrate(pool: pg.Pool, log: Logger, dir = sqlDir): Promise
     }
     let count = 0;
     for (const migration of migrations) {
+      // A restore brings the schema to its backup's version, loads the rows, then applies the rest.
+      if (migration.version > upTo) break;
       const checksum = applied.get(migration.version);
       if (checksum !== undefined) {
         if (checksum !== migration.checksum) {

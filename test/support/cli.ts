@@ -7,11 +7,13 @@ import { type ProcessResult, run } from './openssl.js';
 
 const FLEET = path.join(projectRoot, 'dist', 'cli', 'fleet.js');
 
-/** The environment the fleet command gets beside a test fleet; `env` adds variables, an undefined value removes one. */
-export function fleetCliEnv(t: TestFleet, env: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
-  const full: NodeJS.ProcessEnv = { ...process.env, FLEET_DATA_DIR: t.dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'warn' };
-  if (t.config.databaseUrl) full.DATABASE_URL = t.config.databaseUrl;
-  else delete full.DATABASE_URL;
+/** The path of the built fleet command, for a test that spawns it itself (a long-running start or --follow). */
+export const FLEET_BIN = FLEET;
+
+/** The environment the fleet command gets: free ports, warnings only, `env` on top (undefined removes). */
+export function fleetEnv(dataDir: string, env: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
+  const full: NodeJS.ProcessEnv = { ...process.env, FLEET_DATA_DIR: dataDir, FLEET_API_PORT: '0', FLEET_BROKER_PORT: '0', FLEET_METRICS_PORT: '0', FLEET_PKI_HTTP_PORT: '0', LOG_LEVEL: 'warn' };
+  delete full.DATABASE_URL;
   for (const [name, value] of Object.entries(env)) {
     if (value === undefined) delete full[name];
     else full[name] = value;
@@ -19,16 +21,22 @@ export function fleetCliEnv(t: TestFleet, env: Record<string, string | undefined
   return full;
 }
 
+/** The environment the fleet command gets beside a test fleet: its data directory and database. */
+export const fleetCliEnv = (t: TestFleet, env: Record<string, string | undefined> = {}): NodeJS.ProcessEnv =>
+  fleetEnv(t.dataDir, { DATABASE_URL: t.config.databaseUrl, ...env });
+
+/** The fleet command on a data directory of the test's own, with no test fleet beside it. */
+export function fleetCommand(args: string[], env: Record<string, string | undefined>, dataDir: string): Promise<ProcessResult> {
+  return run(process.execPath, [FLEET, ...args], { env: fleetEnv(dataDir, env) });
+}
+
 /**
  * The fleet command as an operator runs it beside a test fleet: its data directory and database.
  * `env` adds variables; an undefined value removes one (say, DATABASE_URL on the offline root's machine).
  */
 export function fleetCli(t: TestFleet, args: string[], env: Record<string, string | undefined> = {}): Promise<ProcessResult> {
-  return run(process.execPath, [FLEET, ...args], { env: fleetCliEnv(t, env) });
+  return fleetCommand(args, { DATABASE_URL: t.config.databaseUrl, ...env }, t.dataDir);
 }
-
-/** The path of the built fleet command, for a test that spawns it itself (a long-running --follow). */
-export const fleetCommand = FLEET;
 
 /**
  * A test fleet started before the file's tests and closed after, and the fleet command beside it:
