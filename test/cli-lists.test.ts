@@ -83,7 +83,7 @@ describe('fleet device show', () => {
     assert.equal(shown.certificates[0].serial, device.serial);
     assert.deepEqual(shown.session, { connected: false, since: null, address: null, serial: null });
     assert.deepEqual(shown.events.map((e: any) => e.kind).slice(0, 2), ['disconnected', 'connected']);
-    assert.doesNotMatch(JSON.stringify(shown), /PRIVATE KEY|fleet_enroll_|token/i);
+    assert.doesNotMatch(JSON.stringify(shown), /PRIVATE KEY|fleet_enroll_|fleet_op_|token_?hash/i);
 
     const missing = await fleet('device', 'show', 'nobody-here');
     assert.equal(missing.code, 1);

@@ -159,6 +159,7 @@ export async function assertRegistryEmpty(q: Queryable, tables: RegistryTable[])
  * batch, then copied in one INSERT, whose foreign-key checks run at its end, so rows that point at
  * rows of the same table (a superseded certificate at its successor) may come in any order.
  * Columns missing from `columns` (added by a later migration than the backup's) get their defaults.
+ * Runs as the tables' owner (the role that ran the migrations), which may switch their triggers.
  */
 export async function loadTable(client: pg.PoolClient, table: RegistryTable, batches: AsyncIterable<string[]>): Promise<number> {
   const target = client.escapeIdentifier(table.name);
@@ -171,7 +172,12 @@ export async function loadTable(client: pg.PoolClient, table: RegistryTable, bat
     await client.query(`INSERT INTO ${stage} SELECT * FROM json_populate_recordset(NULL::${target}, $1::json)`, [`[${rows.join(',')}]`]);
     count += rows.length;
   }
+  // The rows come back as they were: the table's own triggers (counts kept by triggers, events made
+  // from audit rows, notifications) must not derive rows a second time that the backup holds already.
+  // Foreign-key checks are not user triggers and still run.
+  await client.query(`ALTER TABLE ${target} DISABLE TRIGGER USER`);
   await client.query(`INSERT INTO ${target} (${columns}) OVERRIDING SYSTEM VALUE SELECT ${columns} FROM ${stage}`);
+  await client.query(`ALTER TABLE ${target} ENABLE TRIGGER USER`);
   await client.query(`DROP TABLE ${stage}`);
   return count;
 }
