@@ -74,5 +74,3 @@ export async function logout() {
   csrfToken = null;
 }
 
-/** Routes another part may not serve yet answer 404; pages show that plainly instead of failing. */
-export const isMissingRoute = (error) => error instanceof ApiError && error.status === 404 && error.code === 'not_found';

@@ -1,4 +1,4 @@
-import { get, isMissingRoute, post, query } from './api.js';
+import { get, post, query } from './api.js';
 import { confirmAction } from './confirm.js';
 import { badge, facts, field, fill, h, link, problemBox, route, select, table, when } from './dom.js';
 import { debounce, onEvent } from './live.js';
@@ -47,7 +47,7 @@ function renderSummary(s) {
 export async function summaryPage(main, _, __, ctx) {
   const body = h('div', { 'aria-live': 'polite' });
   main.append(heading('Fleet summary'), body);
-  const load = () => loadInto(body, ctx, 'the fleet summary', async () => renderSummary(await get('/v1/fleet/summary')));
+  const load = () => loadInto(body, ctx, async () => renderSummary(await get('/v1/fleet/summary')));
   await load();
   return onEvent(debounce(load, 1000));
 }
@@ -107,17 +107,6 @@ function filterForm(params) {
   return form;
 }
 
-/** Before the list route is served, a search can still open one device by its exact id. */
-async function deviceById(id) {
-  if (!id) return [];
-  try {
-    return [await get(`/v1/devices/${encodeURIComponent(id)}`)];
-  } catch (error) {
-    if (error.status === 404 || error.status === 400) return [];
-    throw error;
-  }
-}
-
 export async function devicesPage(main, _, params, ctx) {
   const filters = filtersOf(params, FILTERS);
   const cursor = params.get('cursor') ?? '';
@@ -125,17 +114,8 @@ export async function devicesPage(main, _, params, ctx) {
   main.append(heading('Devices'), filterForm(params), body);
 
   const shown = new Set();
-  const load = () => loadInto(body, ctx, 'the device list', async () => {
-    let page;
-    try {
-      page = await get('/v1/devices' + query({ ...filters, limit: 25, cursor }));
-    } catch (error) {
-      if (!isMissingRoute(error)) throw error;
-      const found = await deviceById(filters.q);
-      for (const d of found) shown.add(d.id);
-      const notice = h('p', { class: 'notice' }, 'The device list is not served by this server yet: search opens a device by its exact id.');
-      return [notice, filters.q ? table('Devices', DEVICE_COLUMNS, found, `No device has the id ${filters.q}.`) : null];
-    }
+  const load = () => loadInto(body, ctx, async () => {
+    const page = await get('/v1/devices' + query({ ...filters, limit: 25, cursor }));
     for (const d of page.devices) shown.add(d.id);
     return [table('Devices', DEVICE_COLUMNS, page.devices, 'No device matches these filters.'), pager(['devices'], filters, cursor, page.nextCursor)];
   });
@@ -271,9 +251,17 @@ export async function devicePage(main, id, _, ctx) {
     main.querySelector('.actions button, h1')?.focus();
   }
 
-  const loadDevice = () => loadInto(body, ctx, 'the device', async () => renderDevice(await get(`/v1/devices/${encodeURIComponent(id)}`), ctx, act));
+  const loadDevice = () => loadInto(body, ctx, async () => renderDevice(await get(`/v1/devices/${encodeURIComponent(id)}`), ctx, act));
   const loadEvents = () =>
-    loadInto(events, ctx, 'the event history', async () => table('Recent events', EVENT_COLUMNS, (await get(`/v1/devices/${encodeURIComponent(id)}/events?limit=20`)).events, 'No events recorded.'));
+    loadInto(events, ctx, async () => {
+      try {
+        return table('Recent events', EVENT_COLUMNS, (await get(`/v1/devices/${encodeURIComponent(id)}/events?limit=20`)).events, 'No events recorded.');
+      } catch (error) {
+        // An unknown device or a malformed id: the device section says so, once.
+        if (error.status === 404 || error.status === 400) return [];
+        throw error;
+      }
+    });
   await Promise.all([loadDevice(), loadEvents()]);
   const refresh = debounce(() => Promise.all([loadDevice(), loadEvents()]), 300);
   return onEvent((event) => {

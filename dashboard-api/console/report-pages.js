@@ -46,7 +46,7 @@ export async function expiryPage(main, _, params, ctx) {
     })),
     body,
   );
-  await loadInto(body, ctx, 'the expiry report', async () => {
+  await loadInto(body, ctx, async () => {
     const page = await get('/v1/certificates' + query({ expiringBefore: before, status: 'active', limit: LIMIT, cursor }));
     return [
       table(
@@ -70,7 +70,7 @@ export async function expiryPage(main, _, params, ctx) {
 export async function auditsPage(main, _, __, ctx) {
   const body = h('div');
   main.append(heading('Audits'), h('p', { class: 'muted' }, 'Each check looks at the whole fleet now; a check with findings links to them.'), body);
-  await loadInto(body, ctx, 'the audits', async () => {
+  await loadInto(body, ctx, async () => {
     const result = await get('/v1/audits');
     return [
       h('p', { class: 'muted' }, 'As of ', when(result.at)),
@@ -101,7 +101,7 @@ export async function auditPage(main, check, params, ctx) {
   const title = heading(check);
   const body = h('div');
   main.append(h('p', { class: 'crumbs' }, link('Audits', 'audits')), title, body);
-  await loadInto(body, ctx, 'this audit check', async () => {
+  await loadInto(body, ctx, async () => {
     const result = await get(`/v1/audits/${encodeURIComponent(check)}` + query({ days, limit: LIMIT, cursor }));
     title.textContent = result.title;
     return [
@@ -153,7 +153,7 @@ export async function auditLogPage(main, _, params, ctx) {
     body,
   );
   const load = () =>
-    loadInto(body, ctx, 'the audit log', async () => {
+    loadInto(body, ctx, async () => {
       const page = await get('/v1/audit-log' + query({ ...filters, limit: LIMIT, cursor }));
       return [
         table(
