@@ -4,6 +4,7 @@ import {
   type ChangeFeedOptions,
   type ChangeFollower,
   followDeviceEvents,
+  recordMissingKeyTypes,
   followRegistryChanges,
   keepDeviceEventsFor,
 } from '../core/registry/index.js';
@@ -20,6 +21,7 @@ import type { FleetConfig } from '../core/config.js';
 import { type Database, ensureDataDir, openDatabase } from '../core/db/database.js';
 import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
+import { keyTypeOfPem } from '../core/pki/key-kinds.js';
 import { createScheduler, type Scheduler } from '../core/scheduler.js';
 import { caKeyStore, rootKeyFile, warnAboutCaKeys } from './ca-keys.js';
 import type { AuditEnvironment } from '../dashboard-api/audits/index.js';
@@ -114,6 +116,7 @@ export async function startFleet(
     started.push(api);
     // Closed before the API: its open event streams end cleanly rather than hold the shutdown.
     started.push(events);
+    started.push(recordUnrecordedKeyTypes(db.pool, log));
     // With port 0 the address is known only now; certificates issued from here on name it.
     policy.publicUrl = pkiBaseUrl(config, api);
     // A rotation or retirement (fleet ca) in any process: sign with the new issuing CA, present a server
@@ -137,6 +140,25 @@ export async function startFleet(
 
 /** The event streams' LISTEN connection: the change feed's settings, under a name of its own in pg_stat_activity. */
 const eventStreamConnection = (db: Database) => ({ ...db.changeFeedConnection, application_name: 'fleet-auth event stream' });
+
+/**
+ * Certificates issued before the registry kept key types (sql/010) get theirs from their PEM, once,
+ * in the background and a batch at a time, so the key_quality audit need not do it in a request.
+ */
+function recordUnrecordedKeyTypes(pool: Database['pool'], log: Logger): { close(): Promise<void> } {
+  let stopping = false;
+  const done = (async () => {
+    let recorded = 0;
+    for (let n = 1; n > 0 && !stopping; recorded += n) n = await recordMissingKeyTypes(pool, keyTypeOfPem);
+    if (recorded > 0) log.info({ certificates: recorded }, 'recorded the key type of certificates issued before key types were kept');
+  })().catch((error) => log.warn({ err: error }, 'could not record the key type of older certificates; the key_quality audit does, a batch per request'));
+  return {
+    close: async () => {
+      stopping = true;
+      await done;
+    },
+  };
+}
 
 /** What the audits read of this configuration: the key policy, key custody, metrics and logging. */
 export function auditEnvironment(config: FleetConfig): AuditEnvironment {

@@ -351,6 +351,13 @@ describe('key quality against a policy tightened since issuance; metrics and log
     assert.deepEqual(found.map((f) => [f.deviceId, f.keyType]), [['k-p384', 'ec-p384'], ['k-rsa', 'rsa-2048'], ['k-p256', 'unknown']]);
   });
 
+  test('a restart records the key type of every older certificate in the background, without an audit', async () => {
+    await t.fleet.db.pool.query('UPDATE certificates SET key_type = NULL');
+    await t.restart();
+    await eventually(async () => Object.values(await keyTypes()).every((type) => type !== null), 'every key type recorded');
+    assert.deepEqual(await keyTypes(), { 'k-p256': 'unknown', 'k-p384': 'ec-p384', 'k-rsa': 'rsa-2048' });
+  });
+
   test('metrics turned off and a log level that hides warnings are found', async () => {
     assert.equal(t.fleet.metricsPort, undefined, 'no metrics listener');
     const found = await findings(t, 'metrics_disabled');

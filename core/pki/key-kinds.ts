@@ -1,4 +1,5 @@
 import { createPublicKey } from 'node:crypto';
+import { x509 } from './x509.js';
 
 /** Key kinds a policy can allow. RSA means RSA of at least MIN_RSA_BITS, PKCS#1 v1.5 or PSS. */
 export const KEY_KINDS = ['ec-p256', 'ec-p384', 'ed25519', 'rsa'] as const;
@@ -54,4 +55,13 @@ export function kindOfKeyType(type: string): KeyKind | undefined {
   const rsa = /^rsa-(\d+)$/.exec(type);
   if (rsa) return Number(rsa[1]) >= MIN_RSA_BITS ? 'rsa' : undefined;
   return (KEY_KINDS as readonly string[]).includes(type) && type !== 'rsa' ? (type as KeyKind) : undefined;
+}
+
+/** The key type of a stored certificate's PEM; one that does not parse is 'unknown', which no policy allows. */
+export function keyTypeOfPem(pem: string): string {
+  try {
+    return describePublicKey(new x509.X509Certificate(pem).publicKey.rawData).type;
+  } catch {
+    return 'unknown';
+  }
 }

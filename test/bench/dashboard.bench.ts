@@ -136,7 +136,7 @@ async function seed(url: string, devices: number, now: number): Promise<{ certif
     const superseded = Math.min(enrolled.length, devices - enrolled.length);
     const certificates = enrolled.length + superseded;
     const columns =
-      'serial, fingerprint, public_key_sha256, device_id, issuer, not_before, not_after, status, revoked_at, revocation_reason, pem, created_at, superseded_at, accept_until';
+      'serial, fingerprint, public_key_sha256, device_id, issuer, not_before, not_after, status, revoked_at, revocation_reason, pem, key_type, created_at, superseded_at, accept_until';
     await copy(client, 'certificates', columns, certificates, (n) => {
       const old = n >= enrolled.length;
       const i = enrolled[old ? n - enrolled.length : n]!;
@@ -155,6 +155,8 @@ async function seed(url: string, devices: number, now: number): Promise<{ certif
         held ? iso(now - (i % 90) * DAY) : null,
         held ? (status === 'revoked' ? 1 : 6) : null,
         'generated',
+        // Recorded at issuance (sql/010), as for every certificate fleet-auth signs.
+        i % 10 === 0 ? 'ec-p384' : 'ec-p256',
         iso(notAfter - 365 * DAY),
         old ? iso(notAfter - 30 * DAY) : null,
         old ? iso(notAfter - 23 * DAY) : null,
