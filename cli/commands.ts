@@ -79,6 +79,7 @@ export function registerCommands(program: Command): void {
           '',
           'fleet-auth is running.',
           `  provisioning API  https://localhost:${fleet.api.port}  (reference at /docs, OpenAPI at /openapi.json)`,
+          `  ops console       https://localhost:${fleet.api.port}/console  (log in with an operator token)`,
           `  MQTT broker       mqtts://localhost:${fleet.broker.port}  (client certificate required)`,
           ...(fleet.api.pkiHttpPort === undefined ? [] : [`  CRLs, OCSP, CAs   http://localhost:${fleet.api.pkiHttpPort}  (plain HTTP, signed objects only)`]),
           fleet.metricsPort === undefined ? '  metrics           off (FLEET_METRICS_PORT=off)' : `  metrics           http://${config.metricsHost}:${fleet.metricsPort}/metrics`,
