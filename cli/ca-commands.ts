@@ -23,7 +23,7 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
       if (options.csr) return requestWithCsr(options.csr);
       const issuer = await withRegistry(async (db, config) => {
         const log = cliLog();
-        const made = await withCaKeys(config, log, (keyStore) => rotateIssuingCa({ dataDir: config.dataDir, log, keyStore }));
+        const made = await withCaKeys(config, log, (keyStore) => rotateIssuingCa({ dataDir: config.dataDir, log, keyStore, rootCurve: config.rootCurve }));
         await announceCaChange(db.pool, { action: 'rotated', generation: made.generation, issuer: made.certificate.subject, at: new Date() });
         return made;
       });

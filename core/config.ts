@@ -44,6 +44,8 @@ export interface FleetConfig {
   caPassphrase: string | undefined;
   /** A PKCS#11 token that keeps the issuing CA keys (FLEET_CA_PKCS11_*); unset keeps them in files. */
   caPkcs11: { module: string; token: string; pin: string; keyLabel: string } | undefined;
+  /** The curve of a root CA made on first start; an existing root keeps its own. */
+  rootCurve: 'P-256' | 'P-384';
   /** Where Prometheus scrapes the broker's metrics (plain HTTP, GET /metrics); loopback by default. */
   metricsHost: string;
   /** Undefined when turned off (FLEET_METRICS_PORT=off), which the metrics_disabled audit reports. */
@@ -162,6 +164,7 @@ const schema = z.object({
   FLEET_CA_PKCS11_TOKEN: z.string().min(1).optional(),
   FLEET_CA_PKCS11_PIN: z.string().min(1).optional(),
   FLEET_CA_PKCS11_KEY_LABEL: z.string().min(1).default('fleet-ca'),
+  FLEET_ROOT_CURVE: z.enum(['P-256', 'P-384'], { error: (issue) => `"${String(issue.input)}" is not a root curve: P-256 (the default) or P-384` }).default('P-256'),
   FLEET_BROKER_POLICY: z.string().min(1).optional(),
   FLEET_BROKER_CACHE_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100_000),
   FLEET_BROKER_STALE_GRACE: duration('5m'),
@@ -254,6 +257,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     logFormat: e.FLEET_LOG_FORMAT,
     caPassphrase: e.FLEET_CA_PASSPHRASE,
     caPkcs11: pkcs11Of(e),
+    rootCurve: e.FLEET_ROOT_CURVE,
     metricsHost: e.FLEET_METRICS_HOST,
     metricsPort: e.FLEET_METRICS_PORT === 'off' ? undefined : e.FLEET_METRICS_PORT,
     brokerConnectRate: e.FLEET_BROKER_CONNECT_RATE,

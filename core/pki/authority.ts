@@ -21,7 +21,11 @@ import {
   x509,
 } from './x509.js';
 
-export const ROOT_CURVE: EcCurve = 'P-384';
+/**
+ * A new root's curve unless told otherwise (FLEET_ROOT_CURVE). Every mTLS handshake verifies the
+ * issuing CA certificate's signature by the root, and a P-256 verify costs about a tenth of a P-384 one.
+ */
+export const DEFAULT_ROOT_CURVE: EcCurve = 'P-256';
 export const ISSUING_CURVE: EcCurve = 'P-256';
 /** In `<dataDir>/pki`: the root and every trusted issuing CA, rewritten on each rotation and retirement. */
 export const TRUST_BUNDLE = 'trust.pem';
@@ -99,6 +103,8 @@ export interface AuthorityOptions {
   now?: () => Date;
   /** Where the private keys are kept; unencrypted files in `<dataDir>/pki` when not given. */
   keyStore?: KeyStore;
+  /** The curve of a root made now; an existing root keeps its own. DEFAULT_ROOT_CURVE when not given. */
+  rootCurve?: EcCurve;
 }
 
 /** A CA certificate and what signs with its key. */
@@ -131,15 +137,28 @@ export async function openPkiDir(options: Omit<AuthorityOptions, 'hostnames'>) {
 
 export const rootCertFile = (dir: string) => path.join(dir, 'root.crt');
 
-/** The root from root.crt, with its key when the key is here; a new root when there is no root.crt. */
-async function loadOrCreateRoot(dir: string, keys: KeyStore, log: Logger, now: () => Date): Promise<Root> {
+/** The curve of a root's key, read from its certificate: a root made before the default changed keeps its own. */
+export function rootCurveOf(root: x509.X509Certificate): EcCurve {
+  const curve = (root.publicKey.algorithm as EcKeyAlgorithm).namedCurve;
+  if (curve === 'P-256' || curve === 'P-384') return curve;
+  throw new ConfigError(`the root CA certificate's key is ${root.publicKey.algorithm.name} ${curve ?? ''}; fleet-auth's roots are ECDSA P-256 or P-384`);
+}
+
+/** The root's key from the key store, on the curve its certificate names; undefined when the key is not here. */
+export const rootKey = (keys: KeyStore, root: x509.X509Certificate) => keys.signer('root', rootCurveOf(root));
+
+/** The root from root.crt, with its key when the key is here; a new root on `curve` when there is no root.crt. */
+async function loadOrCreateRoot(dir: string, keys: KeyStore, log: Logger, now: () => Date, curve: EcCurve): Promise<Root> {
   const file = rootCertFile(dir);
-  if (existsSync(file)) return { certificate: await readCertificate(file), signer: await keys.signer('root', ROOT_CURVE) };
+  if (existsSync(file)) {
+    const certificate = await readCertificate(file);
+    return { certificate, signer: await rootKey(keys, certificate) };
+  }
   // Key first, so a crash never leaves a certificate without its key.
-  const signer = await keys.generate('root', ROOT_CURVE);
+  const signer = await keys.generate('root', curve);
   const certificate = await createRoot(signer, now());
   await writeFileAtomically(file, certificate.toString('pem') + '\n');
-  log.info({ subject: certificate.subject, notAfter: certificate.notAfter, file }, 'created root CA');
+  log.info({ subject: certificate.subject, curve, notAfter: certificate.notAfter, file }, 'created root CA');
   return { certificate, signer };
 }
 
@@ -157,7 +176,7 @@ function onlineRoot(root: Root, dir: string): CaSigner {
 /** Loads the CA from `<dataDir>/pki`, creating the root, first issuing CA and server certificate on first start. */
 export async function loadAuthority(options: AuthorityOptions): Promise<CertificateAuthority> {
   const { dir, keys, now } = await openPkiDir(options);
-  const root = await loadOrCreateRoot(dir, keys, options.log, now);
+  const root = await loadOrCreateRoot(dir, keys, options.log, now, options.rootCurve ?? DEFAULT_ROOT_CURVE);
   if ((await issuerGenerations(dir)).length === 0) await createIssuingCa(dir, keys, root, 1, now(), options.log);
   const authority = { root: root.certificate, rootPem: pemChain(root.certificate) } as CertificateAuthority;
   const sanNames = serverNames(options.hostnames);
@@ -196,7 +215,7 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
  */
 export async function rotateIssuingCa(options: Omit<AuthorityOptions, 'hostnames'>): Promise<IssuingCa> {
   const { dir, keys, now } = await openPkiDir(options);
-  const root = await loadOrCreateRoot(dir, keys, options.log, now);
+  const root = await loadOrCreateRoot(dir, keys, options.log, now, options.rootCurve ?? DEFAULT_ROOT_CURVE);
   return createIssuingCa(dir, keys, root, await nextGeneration(dir), now(), options.log);
 }
 

@@ -12,8 +12,8 @@ import {
   nextGeneration,
   openPkiDir,
   readCertificate,
-  ROOT_CURVE,
   rootCertFile,
+  rootKey,
 } from './authority.js';
 import { signerMatches, x509Signing } from './signer.js';
 import { fingerprintOf, x509 } from './x509.js';
@@ -66,7 +66,7 @@ export async function signIssuingRequest(options: Options, csrPem: string): Prom
     throw new FleetError('root_not_found', 404, `there is no root CA (root.crt and root.key) in ${dir}; set FLEET_DATA_DIR to the directory that holds them`);
   }
   const root = await readCertificate(rootFile);
-  const rootSigner = await keys.signer('root', ROOT_CURVE);
+  const rootSigner = await rootKey(keys, root);
   if (!rootSigner) throw new FleetError('root_offline', 409, `${dir} has the root CA certificate but not its key (root.key); run this where the root key is`);
   if (!signerMatches(rootSigner, root)) throw new FleetError('root_key_mismatch', 409, `root.key in ${dir} is not the key of root.crt`);
   const csr = parseRequest(csrPem);
