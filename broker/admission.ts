@@ -16,6 +16,10 @@ export type Refusal =
   | 'not_yet_valid'
   | 'client_id_mismatch'
   | 'registry_unavailable'
+  /** PROXY protocol at the front door (broker/proxy-protocol.ts): a header from an untrusted address, none or a bad one from a trusted proxy. */
+  | 'proxy_untrusted'
+  | 'proxy_header_missing'
+  | 'proxy_header_invalid'
   | 'rate_limited'
   | 'too_many_connections'
   | 'packet_too_large'

@@ -1,5 +1,5 @@
 import { constants, randomBytes, X509Certificate } from 'node:crypto';
-import type net from 'node:net';
+import net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../core/log.js';
 import type { CertificateAuthority, IssuingCa } from '../core/pki/authority.js';
@@ -7,10 +7,11 @@ import { issuingCaOf } from '../core/pki/issued-by.js';
 import { secureContextOptions } from '../core/pki/tls.js';
 import { normalizeFingerprint } from '../core/pki/x509.js';
 import type { Refusal } from './admission.js';
-import { connectionCap, connectionGate, gatedServer, openFileLimit } from './protection.js';
+import { connectionCap, connectionGate, openFileLimit, passGate } from './protection.js';
+import { readPreface } from './proxy-protocol.js';
 
 /*
- * The broker's front door: TCP admission (rate and cap), the TLS handshake, the decision whether the
+ * The broker's front door: a trusted load balancer's PROXY header, TCP admission (rate and cap), the TLS handshake, the decision whether the
  * client certificate was issued by an issuing CA trusted now, and one deadline from the TCP accept
  * to an admitted CONNECT. Only a peer that passed all of it is handed to MQTT, together with the
  * fingerprint of the certificate that passed (verifiedPeer), which is what CONNECT looks up.
@@ -29,6 +30,15 @@ const verifiedPeers = new WeakMap<object, VerifiedPeer>();
  * (the caller refuses). Read at CONNECT: renegotiation is refused, and this never changes anyway.
  */
 export const verifiedPeer = (socket: object): VerifiedPeer | undefined => verifiedPeers.get(socket);
+
+const peerAddresses = new WeakMap<object, string>();
+
+/**
+ * The device's address on this connection: what a trusted proxy's PROXY header names, else the TCP
+ * peer's. Fixed before TLS starts, it is the one address the rate limit, refusals, presence and
+ * device events all see.
+ */
+export const peerAddress = (socket: object): string | undefined => peerAddresses.get(socket);
 
 export type PeerVerdict = { peer: VerifiedPeer } | { refusal: Refusal; details: Record<string, unknown> };
 
@@ -118,6 +128,8 @@ export interface FrontDoorDeps {
   refuse(reason: Refusal, peer: string | undefined, details?: Record<string, unknown>): void;
   /** A peer whose certificate passed: MQTT takes it from here. */
   onPeer(socket: tls.TLSSocket): void;
+  /** Load balancers (FLEET_TRUSTED_PROXIES) whose connections start with a PROXY header naming the device; none when not given. */
+  proxies?: { trusts(address: string | undefined): boolean };
 }
 
 export interface FrontDoorOptions {
@@ -158,7 +170,7 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
   const judge = issuanceCheck(deps.ca);
   const ticketKeys = randomBytes(48);
   let context = brokerSecureContext(deps.ca, ticketKeys);
-  const open = new Set<tls.TLSSocket>();
+  const open = new Set<net.Socket>();
   const deadlines = new Map<object, () => void>();
 
   const cap = connectionCap(options.maxConnections, options.openFiles ?? openFileLimit());
@@ -167,67 +179,108 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
   }
   log.info({ maxConnections: cap.maxConnections, openFiles: cap.openFiles }, 'broker connection cap');
 
-  const accept = (raw: net.Socket) => {
-    const peer = raw.remoteAddress;
-    const socket = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: true, rejectUnauthorized: true });
-    // OpenSSL refuses a renegotiation (SSL_OP_NO_RENEGOTIATION) but still reports its start: Node then
-    // raises ERR_TLS_RENEGOTIATION_DISABLED and the connection is closed, since no device renegotiates.
-    socket.disableRenegotiation();
-    open.add(socket);
-    let secure = false;
-    let counted = false;
-    let lastError: NodeJS.ErrnoException | undefined;
-    const count = (reason: Refusal, details: Record<string, unknown>) => {
-      if (counted) return;
-      counted = true;
-      deps.refuse(reason, peer, details);
-    };
-
-    deadlines.set(
-      socket,
-      schedule(options.connectTimeoutMs, () => {
-        deadlines.delete(socket);
-        count('connect_timeout', { waitingFor: secure ? 'CONNECT' : 'TLS handshake', timeoutMs: options.connectTimeoutMs });
-        socket.destroy();
-        raw.destroy();
-      }),
-    );
-    socket.on('error', (error: NodeJS.ErrnoException) => {
-      lastError ??= error;
-      if (error.code !== 'ERR_TLS_RENEGOTIATION_DISABLED') return;
-      // aedes closes the socket on this error; before CONNACK that is a refusal like any other.
-      if (deadlines.has(socket)) count('renegotiation_refused', {});
-      else log.warn({ peer, fingerprint: verifiedPeer(socket)?.fingerprint }, 'renegotiation refused; session closed');
-    });
-    socket.once('close', () => {
-      deadlines.get(socket)?.();
-      deadlines.delete(socket);
-      open.delete(socket);
-      if (!secure) count(handshakeRefusal(lastError), { tlsError: lastError?.code ?? lastError?.message ?? 'closed during the handshake' });
-    });
-    socket.once('secure', () => {
-      secure = true;
-      const leaf = socket.getPeerX509Certificate();
-      // Validity by the real clock, as TLS peers judge it; admission checks it again by the broker's clock.
-      const verdict: PeerVerdict = leaf ? judge(leaf, Date.now()) : { refusal: 'no_certificate', details: {} };
-      if ('refusal' in verdict) {
-        count(verdict.refusal, verdict.details);
-        socket.destroy();
-        return;
-      }
-      verifiedPeers.set(socket, verdict.peer);
-      releaseControl(socket);
-      deps.onPeer(socket);
-    });
-  };
-
   const gate = connectionGate({
     perAddressPerSecond: options.connectRate,
     burst: options.connectBurst,
     maxConnections: cap.maxConnections,
     clock: () => deps.clock().getTime(),
   });
-  const server = gatedServer(accept, gate, (decision, address) => deps.refuse(decision, address));
+  const refuseAtGate = (decision: Refusal, address: string) => deps.refuse(decision, address);
+
+  const accept = (raw: net.Socket) => {
+    const from = raw.remoteAddress ?? '';
+    const viaProxy = deps.proxies?.trusts(from) ?? false;
+    // A device's own connection passes the gate on arrival, before it costs anything; a proxy's once
+    // its header has named the device, so each device behind it has its own rate.
+    if (!viaProxy && !passGate(gate, raw, from, refuseAtGate)) return;
+    open.add(raw);
+    let peer = from;
+    let socket: tls.TLSSocket | undefined;
+    let secure = false;
+    let counted = false;
+    let lastError: NodeJS.ErrnoException | undefined;
+    const count = (reason: Refusal, details: Record<string, unknown>) => {
+      if (counted) return;
+      counted = true;
+      deps.refuse(reason, peer, viaProxy ? { ...details, proxy: from } : details);
+    };
+    const waitingFor = () => (viaProxy && !socket ? 'PROXY header' : secure ? 'CONNECT' : 'TLS handshake');
+
+    // One deadline from the TCP accept, the PROXY header included; keyed by the TLS socket once there is one.
+    deadlines.set(
+      raw,
+      schedule(options.connectTimeoutMs, () => {
+        deadlines.delete(socket ?? raw);
+        count('connect_timeout', { waitingFor: waitingFor(), timeoutMs: options.connectTimeoutMs });
+        socket?.destroy();
+        raw.destroy();
+      }),
+    );
+    raw.once('close', () => {
+      deadlines.get(socket ?? raw)?.();
+      deadlines.delete(socket ?? raw);
+      open.delete(raw);
+    });
+
+    const handshake = () => {
+      const tlsSocket = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: true, rejectUnauthorized: true });
+      socket = tlsSocket;
+      peerAddresses.set(tlsSocket, peer);
+      deadlines.set(tlsSocket, deadlines.get(raw)!);
+      deadlines.delete(raw);
+      // OpenSSL refuses a renegotiation (SSL_OP_NO_RENEGOTIATION) but still reports its start: Node then
+      // raises ERR_TLS_RENEGOTIATION_DISABLED and the connection is closed, since no device renegotiates.
+      tlsSocket.disableRenegotiation();
+      open.add(tlsSocket);
+      tlsSocket.on('error', (error: NodeJS.ErrnoException) => {
+        lastError ??= error;
+        if (error.code !== 'ERR_TLS_RENEGOTIATION_DISABLED') return;
+        // aedes closes the socket on this error; before CONNACK that is a refusal like any other.
+        if (deadlines.has(tlsSocket)) count('renegotiation_refused', {});
+        else log.warn({ peer, fingerprint: verifiedPeer(tlsSocket)?.fingerprint }, 'renegotiation refused; session closed');
+      });
+      tlsSocket.once('close', () => {
+        deadlines.get(tlsSocket)?.();
+        deadlines.delete(tlsSocket);
+        open.delete(tlsSocket);
+        if (!secure) count(handshakeRefusal(lastError), { tlsError: lastError?.code ?? lastError?.message ?? 'closed during the handshake' });
+      });
+      tlsSocket.once('secure', () => {
+        secure = true;
+        const leaf = tlsSocket.getPeerX509Certificate();
+        // Validity by the real clock, as TLS peers judge it; admission checks it again by the broker's clock.
+        const verdict: PeerVerdict = leaf ? judge(leaf, Date.now()) : { refusal: 'no_certificate', details: {} };
+        if ('refusal' in verdict) {
+          count(verdict.refusal, verdict.details);
+          tlsSocket.destroy();
+          return;
+        }
+        verifiedPeers.set(tlsSocket, verdict.peer);
+        releaseControl(tlsSocket);
+        deps.onPeer(tlsSocket);
+      });
+    };
+
+    // TLS starts on the first byte after the PROXY header (from a trusted proxy) or on the first byte.
+    readPreface(raw, viaProxy, (preface) => {
+      if (raw.destroyed && !('refusal' in preface)) return;
+      if ('refusal' in preface) {
+        if (preface.refusal !== 'closed') count(preface.refusal, { problem: preface.problem });
+        else if (viaProxy) count('proxy_header_missing', { problem: preface.problem });
+        else count('tls_handshake_failed', { tlsError: 'closed during the handshake' });
+        raw.destroy();
+        return;
+      }
+      if (preface.header?.source) peer = preface.header.source.address;
+      if (viaProxy && !passGate(gate, raw, peer, refuseAtGate)) {
+        counted = true;
+        return;
+      }
+      handshake();
+    });
+  };
+
+  const server = net.createServer(accept);
 
   return {
     server,

@@ -134,16 +134,29 @@ export function gatedServer(
   onRefuse: (decision: Exclude<GateDecision, 'ok'>, address: string) => void,
 ): net.Server {
   return net.createServer((socket) => {
-    const address = socket.remoteAddress ?? '';
-    const decision = gate.admit(address);
-    if (decision !== 'ok') {
-      socket.destroy();
-      onRefuse(decision, address);
-      return;
-    }
-    socket.once('close', () => gate.release(address));
-    onAdmitted(socket);
+    if (passGate(gate, socket, socket.remoteAddress ?? '', onRefuse)) onAdmitted(socket);
   });
+}
+
+/**
+ * Puts one connection, as coming from `address`, through the gate: a refused one is closed and
+ * reported, an admitted one holds its slot until its socket closes. The address is the TCP peer's,
+ * or the device's as a trusted proxy's PROXY header names it.
+ */
+export function passGate(
+  gate: ConnectionGate,
+  socket: net.Socket,
+  address: string,
+  onRefuse: (decision: Exclude<GateDecision, 'ok'>, address: string) => void,
+): boolean {
+  const decision = gate.admit(address);
+  if (decision !== 'ok') {
+    socket.destroy();
+    onRefuse(decision, address);
+    return false;
+  }
+  socket.once('close', () => gate.release(address));
+  return true;
 }
 
 export type PacketRefusal =

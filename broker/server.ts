@@ -16,7 +16,7 @@ import type { BrokerMetrics } from './metrics.js';
 import type { TopicPolicy } from './policy.js';
 import { deviceEventRecorder } from './events.js';
 import { presenceTracker } from './presence.js';
-import { createFrontDoor } from './front-door.js';
+import { createFrontDoor, peerAddress } from './front-door.js';
 import { guardPacketSize } from './protection.js';
 import { refusalCounter } from './refusals.js';
 import { followRegistryChanges } from './registry-changes.js';
@@ -36,6 +36,8 @@ export interface BrokerDeps {
   /** Ends sessions at their certificate's expiry or overlap end; runs on the same time as `clock`. */
   scheduler: Scheduler;
   log: Logger;
+  /** Load balancers (FLEET_TRUSTED_PROXIES) whose connections start with a PROXY header naming the device. */
+  proxies?: { trusts(address: string | undefined): boolean };
 }
 
 export interface BrokerOptions {
@@ -122,8 +124,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       clock,
       log,
       refuse,
+      proxies: deps.proxies,
       onPeer(socket) {
-        guardPacketSize(socket, options.maxPacketBytes ?? 262_144, (refusal) => refuse(refusal.reason, socket.remoteAddress, refusal));
+        guardPacketSize(socket, options.maxPacketBytes ?? 262_144, (refusal) => refuse(refusal.reason, peerAddress(socket), refusal));
         answerUnknownProtocolLevels(aedes.handle(socket));
       },
     },

@@ -77,8 +77,10 @@ export async function startFleet(
     });
     started.push(changes);
     await changes.ready;
+    // One list of trusted proxies: the API believes their forwarded certificates, the broker their PROXY headers.
+    const proxies = trustedProxies(config.proxy);
     const broker = await startBroker(
-      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile) },
+      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile), proxies },
       {
         host: config.listenHost,
         port: config.brokerPort,
@@ -107,7 +109,7 @@ export async function startFleet(
         limits: config.apiLimits,
         metrics: createApiMetrics(metrics.registry),
         readiness: { broker: broker.listening },
-        trustedProxies: trustedProxies(config.proxy),
+        trustedProxies: proxies,
       },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
       ({ throttle }) =>

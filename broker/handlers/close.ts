@@ -1,4 +1,4 @@
-import type tls from 'node:tls';
+import { peerAddress } from '../front-door.js';
 import type { Client } from 'aedes';
 import type { Logger } from '../../core/log.js';
 import type { Refusal } from '../admission.js';
@@ -98,7 +98,7 @@ export function closeHandlers(deps: CloseDeps) {
         const ending = endingOf(client, error);
         if (ending) deps.admitted.ending(client, ending);
         const reason = protocolFailureOf(client, error);
-        const peer = (client.conn as tls.TLSSocket).remoteAddress;
+        const peer = peerAddress(client.conn);
         if (reason) deps.refusals.refuse(reason, peer, { clientId: client.id ?? undefined, error: error.message });
         else log.debug({ clientId: client.id, peer, err: error.message }, 'connection closed after an error');
       }, undefined);

@@ -4,7 +4,7 @@ import type { AedesOptions, AuthenticateError, Client, ConnectPacket } from 'aed
 import type { Logger } from '../../core/log.js';
 import type { CertificateIdentity } from '../../core/registry/index.js';
 import { decideAdmission, type Refusal } from '../admission.js';
-import { verifiedPeer } from '../front-door.js';
+import { peerAddress, verifiedPeer } from '../front-door.js';
 import { RegistryUnavailable } from '../identity.js';
 import type { DeviceEventRecorder } from '../events.js';
 import type { BrokerMetrics } from '../metrics.js';
@@ -80,7 +80,7 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
   async function admit(client: Client, packet: ConnectPacket): Promise<Error | undefined> {
     const started = performance.now();
     const socket = client.conn as tls.TLSSocket;
-    const peer = socket.remoteAddress;
+    const peer = peerAddress(socket);
     if (checkKeepalive(packet.keepalive ?? 0, deps.keepaliveMaxSeconds) !== 'ok') {
       return refuse('keepalive_too_long', peer, { keepalive: packet.keepalive });
     }
@@ -124,7 +124,7 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
         connects.set(client, packet);
         return callback(null, true);
       }
-      const peer = (client.conn as tls.TLSSocket).remoteAddress;
+      const peer = peerAddress(client.conn);
       const reason = verdict === 'failed' ? 'internal_error' : 'protocol_error';
       callback(refusals.refuse(reason, peer, { clientId: packet.clientId, problem: verdict }), false);
     },
@@ -143,7 +143,7 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
       (packet ? admit(client, packet) : Promise.reject(new Error('authenticate ran without a CONNECT')))
         .then(answer, (error) => {
           log.error({ err: error, clientId: packet?.clientId }, 'admission failed inside the broker; the device is told to retry');
-          answer(refuse('internal_error', (client.conn as tls.TLSSocket).remoteAddress, { clientId: packet?.clientId }));
+          answer(refuse('internal_error', peerAddress(client.conn), { clientId: packet?.clientId }));
         })
         .catch((error) => log.error({ err: error }, 'answering a CONNECT failed'));
     },
