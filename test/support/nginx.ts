@@ -42,18 +42,23 @@ export interface RunningNginx {
   stop(): Promise<void>;
 }
 
+/** Debian builds nginx's stream module (TCP proxying) as a dynamic module: libnginx-mod-stream. */
+export const STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
+
 /**
  * A real nginx in the foreground with everything under `dir`: its config, pid file, logs and temp
- * files. `http` is the body of the http block, given the port to listen on.
+ * files. `http` is the body of the http block, given the port to listen on; `stream`, when given, is
+ * the body of a stream block (TCP proxying) and loads STREAM_MODULE.
  */
-export async function startNginx(binary: string, dir: string, http: (port: number) => string): Promise<RunningNginx> {
+export async function startNginx(binary: string, dir: string, http: (port: number) => string, stream?: (port: number) => string): Promise<RunningNginx> {
   const port = await freePort();
   const conf = path.join(dir, 'nginx.conf');
   const errorLog = path.join(dir, 'error.log');
   const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((k) => `${k}_temp_path ${path.join(dir, k)};`).join('\n  ');
   await writeFile(
     conf,
-    `user root;
+    `${stream ? `load_module ${STREAM_MODULE};` : ''}
+user root;
 worker_processes 1;
 pid ${path.join(dir, 'nginx.pid')};
 error_log ${errorLog} info;
@@ -63,6 +68,7 @@ http {
   ${temp}
   ${http(port)}
 }
+${stream ? `stream {\n  ${stream(port)}\n}` : ''}
 `,
   );
   const child: ChildProcess = spawn(binary, ['-p', dir, '-c', conf, '-e', errorLog, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
