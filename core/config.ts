@@ -65,7 +65,7 @@ export interface FleetConfig {
   eventStreamsMax: number;
   /** How much of the provisioning API one client may use (FLEET_API_*). */
   apiLimits: ApiLimits;
-  /** A TLS-terminating proxy in front of the API whose forwarded client certificates are believed. */
+  /** Proxies in front of the API (forwarded client certificates) and the broker (PROXY protocol headers) that are believed. */
   proxy: TrustedProxyConfig;
 }
 
@@ -85,7 +85,10 @@ export interface ThrottleLimits {
 export interface ApiLimits extends ServerLimits, ThrottleLimits {}
 
 export interface TrustedProxyConfig {
-  /** Addresses and CIDR blocks of the proxies; empty believes no forwarded certificate. */
+  /**
+   * Addresses and CIDR blocks of the proxies; empty believes no forwarded certificate. The broker
+   * believes their PROXY protocol headers too, and requires one from them.
+   */
   trustedProxies: string[];
   /** nginx: $ssl_client_escaped_cert in this header; x-forwarded-client-cert means Envoy's XFCC form. */
   certHeader: string;
