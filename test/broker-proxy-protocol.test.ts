@@ -44,8 +44,8 @@ async function tcpWith(port: number, preface: Buffer | string, localAddress?: st
   return socket;
 }
 
-/** Resolves once the broker has closed the connection (whatever the client saw). */
-const closed = (socket: net.Socket) => (socket.destroyed ? Promise.resolve() : once(socket, 'close').then(() => undefined));
+/** Resolves once the broker has closed the connection; throws if it never does. */
+const closed = (socket: net.Socket) => eventually(() => socket.destroyed, 'the broker closed the connection');
 
 /** TLS as the device on an open socket: 'secure' when the handshake completed, 'closed' when the broker ended it first. */
 function deviceTls(socket: net.Socket, device: EnrolledDevice, ca: string): { tls: tls.TLSSocket; handshake: Promise<'secure' | 'closed'> } {
