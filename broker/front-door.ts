@@ -11,9 +11,10 @@ import { connectionCap, connectionGate, openFileLimit, passGate } from './protec
 import { readPreface } from './proxy-protocol.js';
 
 /*
- * The broker's front door: a trusted load balancer's PROXY header, TCP admission (rate and cap), the TLS handshake, the decision whether the
- * client certificate was issued by an issuing CA trusted now, and one deadline from the TCP accept
- * to an admitted CONNECT. Only a peer that passed all of it is handed to MQTT, together with the
+ * The broker's front door: a trusted load balancer's PROXY header (proxy-protocol.ts), TCP admission
+ * (rate and cap) by the device's address, the TLS handshake, the decision whether the client
+ * certificate was issued by an issuing CA trusted now, and one deadline from the TCP accept to an
+ * admitted CONNECT. Only a peer that passed all of it is handed to MQTT, together with the
  * fingerprint of the certificate that passed (verifiedPeer), which is what CONNECT looks up.
  */
 

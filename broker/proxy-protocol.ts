@@ -1,5 +1,5 @@
-import { isIP } from 'node:net';
-import type net from 'node:net';
+import net, { isIP } from 'node:net';
+import { unmapIPv4 } from '../core/net-address.js';
 import { AddressFamilyType, Command, IPv4ProxyAddress, IPv6ProxyAddress, TransportProtocol, V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
 
 /*
@@ -69,11 +69,11 @@ function parseV1(bytes: Buffer): HeaderParse {
   } catch {
     return invalid('a v1 header that does not parse');
   }
-  const family = parsed.inetProtocol === 'TCP4' ? 4 : parsed.inetProtocol === 'TCP6' ? 6 : 0;
+  const family = parsed.inetProtocol === 'TCP4' ? 4 : parsed.inetProtocol === 'TCP6' ? 6 : undefined;
   const { ipAddress, port } = parsed.source;
-  if (family === 0 || isIP(ipAddress) !== family || isIP(parsed.destination.ipAddress) !== family) return invalid('a v1 header with addresses not of its family');
+  if (family === undefined || isIP(ipAddress) !== family || isIP(parsed.destination.ipAddress) !== family) return invalid('a v1 header with addresses not of its family');
   if (!validPort(port) || !validPort(parsed.destination.port)) return invalid('a v1 header with a port out of range');
-  return { done: true, header: { version: 1, source: { address: ipAddress, port } }, length };
+  return { done: true, header: { version: 1, source: { address: canonical(ipAddress, family), port } }, length };
 }
 
 function parseV2(bytes: Buffer): HeaderParse {
@@ -103,20 +103,17 @@ function parseV2(bytes: Buffer): HeaderParse {
 
 const validPort = (port: number) => Number.isInteger(port) && port >= 0 && port <= 65535;
 
-/** Sixteen bytes as an IPv6 address in its usual short form (2001:db8::1). */
-function ipv6Text(bytes: readonly number[]): string {
-  const groups = Array.from({ length: 8 }, (_, i) => ((bytes[2 * i]! << 8) | bytes[2 * i + 1]!).toString(16));
-  // The longest run of two or more zero groups becomes '::'.
-  let best = { at: -1, length: 1 };
-  for (let i = 0; i < 8; ) {
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > best.length) best = { at: i, length: j - i };
-    i = j === i ? i + 1 : j;
-  }
-  if (best.at < 0) return groups.join(':');
-  return `${groups.slice(0, best.at).join(':')}::${groups.slice(best.at + best.length).join(':')}`;
-}
+/**
+ * An address as the rest of the broker writes it: IPv6 in its short lower-case form (2001:db8::1),
+ * and an IPv4-mapped one (a dual-stack balancer's IPv4 client) as its IPv4 address, so a device has
+ * one rate bucket and one recorded address however the balancer wrote it.
+ */
+const canonical = (address: string, family: 4 | 6): string =>
+  family === 4 ? address : unmapIPv4(new net.SocketAddress({ address, family: 'ipv6' }).address);
+
+/** Sixteen bytes as an IPv6 address, canonical. */
+const ipv6Text = (bytes: readonly number[]): string =>
+  canonical(Array.from({ length: 8 }, (_, i) => ((bytes[2 * i]! << 8) | bytes[2 * i + 1]!).toString(16)).join(':'), 6);
 
 /** What the first bytes of a connection said; `header` only from a trusted proxy. */
 export type Preface =

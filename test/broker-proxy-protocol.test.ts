@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { MqttClient } from 'mqtt';
 import { Command, IPv4Address, IPv4ProxyAddress, IPv6Address, IPv6ProxyAddress, TransportProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
 import type { Refusal } from '../broker/admission.js';
+import { parseProxyHeader } from '../broker/proxy-protocol.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 import { capturingLogger } from './support/log.js';
 import { findNginx, STREAM_MODULE, startNginx } from './support/nginx.js';
@@ -75,6 +76,29 @@ function v2(command: Command, address: IPv4ProxyAddress | IPv6ProxyAddress): Buf
 }
 const v2ipv4 = (source: number[], command = Command.PROXY) =>
   v2(command, new IPv4ProxyAddress(IPv4Address.createFrom(source), 40000, IPv4Address.createFrom([127, 0, 0, 1]), 8883));
+
+describe('PROXY header parsing', () => {
+  test('addresses come out in one form, however the balancer wrote them', () => {
+    const mapped = IPv6Address.createFrom([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 5]);
+    const header = v2(Command.PROXY, new IPv6ProxyAddress(mapped, 1, IPv6Address.createFrom([]), 2));
+    assert.deepEqual(parseProxyHeader(header), { done: true, header: { version: 2, source: { address: '203.0.113.5', port: 1 } }, length: header.length });
+    assert.deepEqual(parseProxyHeader(Buffer.from(v1('2001:DB8:0::7', 'TCP6', '::1') + 'tls')), {
+      done: true,
+      header: { version: 1, source: { address: '2001:db8::7', port: 40000 } },
+      length: v1('2001:DB8:0::7', 'TCP6', '::1').length,
+    });
+    assert.deepEqual(parseProxyHeader(Buffer.from('PROXY UNKNOWN\r\n')), { done: true, header: { version: 1 }, length: 15 });
+  });
+
+  test('a v2 header ends where its length says: TLVs are skipped, the bytes after it are the device\'s', () => {
+    const header = v2ipv4([203, 0, 113, 8]);
+    const withTlv = Buffer.concat([header, Buffer.from([0x04, 0x00, 0x03, 1, 2, 3])]);
+    withTlv.writeUInt16BE(withTlv.length - 16, 14);
+    const parsed = parseProxyHeader(Buffer.concat([withTlv, Buffer.from([0x16, 0x03, 0x01])]));
+    assert.deepEqual(parsed, { done: true, header: { version: 2, source: { address: '203.0.113.8', port: 40000 } }, length: withTlv.length });
+    assert.deepEqual(parseProxyHeader(withTlv.subarray(0, withTlv.length - 1)), { done: false }, 'incomplete: wait for the rest');
+  });
+});
 
 describe('PROXY protocol at the broker front door', () => {
   let t: TestFleet;

@@ -1,8 +1,8 @@
-import { peerAddress } from '../front-door.js';
 import type { Client } from 'aedes';
 import type { Logger } from '../../core/log.js';
 import type { Refusal } from '../admission.js';
 import type { DeviceEventRecorder, DisconnectReason } from '../events.js';
+import { peerAddress } from '../front-door.js';
 import type { BrokerMetrics } from '../metrics.js';
 import { CountedRefusal, type Refusals } from '../refusals.js';
 import type { AdmittedSession, AdmittedSessions, Withdrawal } from '../session.js';
