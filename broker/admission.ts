@@ -16,9 +16,11 @@ export type Refusal =
   | 'not_yet_valid'
   | 'client_id_mismatch'
   | 'registry_unavailable'
-  /** PROXY protocol at the front door (broker/proxy-protocol.ts): a header from an untrusted address, none or a bad one from a trusted proxy. */
+  /** A PROXY protocol header from an address that is not a trusted proxy (broker/proxy-protocol.ts). */
   | 'proxy_untrusted'
+  /** A trusted proxy's connection that does not start with a PROXY header. */
   | 'proxy_header_missing'
+  /** A PROXY header that is malformed, too long, or names no usable TCP source. */
   | 'proxy_header_invalid'
   | 'rate_limited'
   | 'too_many_connections'

@@ -1,6 +1,7 @@
 import net, { isIP } from 'node:net';
-import { unmapIPv4 } from '../core/net-address.js';
 import { AddressFamilyType, Command, IPv4ProxyAddress, IPv6ProxyAddress, TransportProtocol, V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
+import { unmapIPv4 } from '../core/net-address.js';
+import type { Refusal } from './admission.js';
 
 /*
  * The PROXY protocol (HAProxy's; v1 text, v2 binary) at the broker's front door. A TCP load balancer
@@ -10,13 +11,7 @@ import { AddressFamilyType, Command, IPv4ProxyAddress, IPv6ProxyAddress, Transpo
  * so framing, length caps and address checks are this file's, and anything off is refused.
  */
 
-export type ProxyRefusal =
-  /** A PROXY header from an address that is not a trusted proxy. */
-  | 'proxy_untrusted'
-  /** A trusted proxy's connection that does not start with a PROXY header. */
-  | 'proxy_header_missing'
-  /** A PROXY header that is malformed, too long, or names no usable TCP source. */
-  | 'proxy_header_invalid';
+export type ProxyRefusal = Extract<Refusal, 'proxy_untrusted' | 'proxy_header_missing' | 'proxy_header_invalid'>;
 
 /** What a trusted proxy's header says about the connection. */
 export interface ProxyHeader {
@@ -135,11 +130,13 @@ export function readPreface(socket: net.Socket, fromTrustedProxy: boolean, done:
     socket.off('data', onData);
     socket.off('end', onClosed);
     socket.off('close', onClosed);
+    socket.off('error', onClosed);
     socket.pause();
     if (rest && rest.length > 0) socket.unshift(rest);
     done(preface);
   };
-  const onClosed = () => finish({ refusal: 'closed', problem: 'the connection closed before its first bytes' });
+  // A reset before TLS is a close like any other; nothing else listens for the socket's errors yet.
+  const onClosed = () => finish({ refusal: 'closed', problem: 'the connection closed before TLS started' });
   const onData = (chunk: Buffer) => {
     received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
     if (!fromTrustedProxy) {
@@ -154,4 +151,5 @@ export function readPreface(socket: net.Socket, fromTrustedProxy: boolean, done:
   socket.on('data', onData);
   socket.once('end', onClosed);
   socket.once('close', onClosed);
+  socket.once('error', onClosed);
 }

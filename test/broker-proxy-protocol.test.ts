@@ -200,12 +200,13 @@ describe('PROXY protocol at the broker front door', () => {
     for (const bytes of invalid) await closed(await tcpWith(port(), bytes));
     // Half a header, then silence: the connect deadline covers the header too.
     await closed(await tcpWith(port(), 'PROXY TCP4 203.0.1'));
-    // Gone before its first byte.
+    // Gone before its first byte; reset halfway through a header.
     (await tcpWith(port(), '')).destroy();
+    (await tcpWith(port(), 'PROXY TCP4 ')).resetAndDestroy();
 
     await eventually(() => {
       const now = count();
-      return now.missing === start.missing + 3 && now.invalid === start.invalid + 7 && now.timeout === start.timeout + 1;
+      return now.missing === start.missing + 4 && now.invalid === start.invalid + 7 && now.timeout === start.timeout + 1;
     }, `counted: ${JSON.stringify(count())} after ${JSON.stringify(start)}`);
     assert.ok(
       captured.lines().some((l) => l.reason === 'connect_timeout' && l.waitingFor === 'PROXY header'),
