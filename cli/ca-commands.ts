@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import type { Database } from '../core/db/database.js';
 import { logTo } from '../core/log.js';
-import { rotateIssuingCa } from '../core/pki/authority.js';
+import { issuerFileName, rotateIssuingCa } from '../core/pki/authority.js';
 import { importIssuingCa, requestIssuingCa, signIssuingRequest } from '../core/pki/offline-root.js';
 import { sha256Hex } from '../core/pki/x509.js';
 import { withCaKeys } from './ca-keys.js';
@@ -27,6 +27,7 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
       });
       explain(`Issuing CA ${issuer.generation} (${issuer.certificate.subject}, key id ${issuer.keyId}) now signs new certificates.`);
       explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
+      explainOtherNodes(issuer.generation);
     });
 
   ca.command('sign-issuing')
@@ -54,8 +55,13 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
       });
       explain(`Issuing CA ${imported.generation} (${imported.certificate.subject}, key id ${imported.keyId}) now signs new certificates.`);
       explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
+      explainOtherNodes(imported.generation);
     });
 }
+
+/** Every node trusts a new issuing CA from the registry at once, but signs with it only with its key. */
+const explainOtherNodes = (generation: number) =>
+  explain(`Other nodes of the fleet trust it now; to sign with it they need its key: copy ${issuerFileName(generation)}.key into their data/pki (not with a shared PKCS#11 token).`);
 
 async function requestWithCsr(file: string, withRegistry: WithRegistry): Promise<void> {
   const log = cliLog();
