@@ -14,7 +14,7 @@ import { caCertificates } from '../core/registry/index.js';
 import { fleetCli, fleetCommand } from './support/cli.js';
 import { type EnrolledDevice, scratchDatabase, startTestFleet, type TestFleet } from './support/fleet.js';
 import { httpsRequest } from './support/http.js';
-import { connectDevice } from './support/mqtt.js';
+import { closed, connectDevice } from './support/mqtt.js';
 import { tempDirs } from './support/temp.js';
 import { eventually } from './support/wait.js';
 
@@ -27,6 +27,8 @@ const dirs = tempDirs();
 let a: TestFleet;
 let b: RunningFleet;
 let bDir: string;
+/** Enrolled on A before the rotation: issuing CA 1's. */
+let first: EnrolledDevice;
 
 const pkiOf = (dataDir: string) => path.join(dataDir, 'pki');
 const read = (dataDir: string, name: string) => readFile(path.join(pkiOf(dataDir), name), 'utf8');
@@ -75,8 +77,8 @@ describe('CA certificates and the trust bundle from the registry', () => {
     const served = await httpsRequest(`https://localhost:${b.api.port}/pki/trust.pem`, { method: 'GET', ca: a.rootPem });
     assert.equal(served.text, await read(a.dataDir, 'trust.pem'), 'B serves the same /pki/trust.pem, over TLS from its own server certificate');
 
-    const device = await a.enroll('node-a-device');
-    assert.equal(await admitted(b.broker.port, device), 'connected', "B's broker admits a device enrolled on A");
+    first = await a.enroll('node-a-device');
+    assert.equal(await admitted(b.broker.port, first), 'connected', "B's broker admits a device enrolled on A");
   });
 
   test('after fleet ca rotate on the first node, the second reloads the same trust bundle', async () => {
@@ -93,6 +95,20 @@ describe('CA certificates and the trust bundle from the registry', () => {
     assert.equal(await admitted(b.broker.port, fresh), 'connected', "B's broker admits a device of A's new issuing CA");
   });
 
+  test('a retirement on the first node ends the trust on the second at once, though the second is left with no key to sign with', async () => {
+    const live = await connectDevice(b.broker.port, first.identity.deviceId, tlsOf(first));
+    assert.equal(live.outcome, 'connected');
+    const retired = await fleetCli(a, ['ca', 'retire', '1']);
+    assert.equal(retired.code, 0, retired.stderr);
+    await eventually(() => b.ca.issuers.length === 1, 'B dropped issuing CA 1');
+    await closed(live.client);
+    assert.equal(b.ca.trustPem, a.fleet.ca.trustPem);
+    await eventually(async () => (await read(bDir, 'trust.pem')) === (await read(a.dataDir, 'trust.pem')), "B rewrote its data/pki/trust.pem");
+    assert.equal(await admitted(b.broker.port, first), 'refused', "B's broker refuses a device of the retired issuing CA");
+    // Issuing CA 1, which B signed with, is retired and B has no copy of issuing CA 2's key: it signs nothing.
+    await assert.rejects(b.ca.signData(new ArrayBuffer(8)), /no key for issuing CA 2; copy issuing-2\.key/);
+  });
+
   test('a node whose key store lacks the current issuing CA key refuses to start, in one line saying what to copy', async () => {
     const empty = await dirs.make('fleet-node-nokeys-');
     const { DATABASE_URL, FLEET_LISTEN_HOST } = nodeEnv(empty);
@@ -100,7 +116,7 @@ describe('CA certificates and the trust bundle from the registry', () => {
     assert.equal(started.code, 2, started.stderr);
     const errors = started.stderr.split('\n').filter((l) => l.startsWith('error:'));
     assert.equal(errors.length, 1, started.stderr);
-    assert.match(errors[0]!, /^error: issuing CA 2 \(CN=fleet-auth Issuing CA 2, .*\) has no private key here: copy issuing-2\.key, issuing\.key from the pki directory of a node that has them into \S+\/pki /);
+    assert.match(errors[0]!, /^error: issuing CA 2 \(CN=fleet-auth Issuing CA 2, .*\) has no private key here: copy issuing-2\.key from the pki directory of a node that has it into \S+\/pki /);
     assert.ok(!existsSync(path.join(pkiOf(empty), 'root.key')), 'the refused node made no CA of its own');
   });
 });
@@ -141,7 +157,7 @@ describe('a registry with no CA certificates yet', () => {
     assert.equal(ca.trustPem, a.fleet.ca.trustPem, 'the files as they were');
     await load(upgraded);
     const rows = await caCertificates(pool);
-    assert.deepEqual(rows.map((r) => [r.generation, r.state]), [[2, 'current'], [1, 'current'], [0, 'current']], 'imported once');
+    assert.deepEqual(rows.map((r) => [r.generation, r.state]), [[2, 'current'], [1, 'retired'], [0, 'current']], 'imported once, the retired issuing CA as retired');
     assert.equal(rows[2]!.fingerprint, fingerprintOf(a.fleet.ca.root));
 
     // A's data directory pointed at this database: its root.crt is another root than the registry's.

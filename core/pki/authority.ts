@@ -244,8 +244,9 @@ export async function loadAuthority(options: AuthorityOptions): Promise<Certific
   let server: ServerKeyed | undefined;
   const refresh = async (set: CaCertificateSet, starting: boolean) => {
     await writeCache(dir, set);
-    const { issuers, current } = await issuersWithKeys(set, dir, keys, starting, options.log);
-    server = await serverCertificate(serverFiles, server, current, sanNames, now(), options.log);
+    const { issuers, current, canSign } = await issuersWithKeys(set, dir, keys, starting, options.log);
+    // Unable to sign (on a reload only: a start refuses), the server certificate in use stays: it still chains to the root.
+    server = canSign || !server ? await serverCertificate(serverFiles, server, current, sanNames, now(), options.log) : server;
     // All at once, so no reader sees the new issuing CA beside the old server certificate.
     Object.assign(authority, {
       root: set.root,
@@ -357,8 +358,9 @@ export const readTrustedCaCertificates = (q: Queryable): Promise<TrustedCaCertif
 /**
  * The trusted issuing CAs with their keys, newest first, and the newest of them this node can sign
  * with. At start every one must have its key here (else its CRL and OCSP answers would be stranded):
- * one line says which key files to copy. On a reload (another node rotated) trust follows the
- * registry at once, and a key not copied yet only keeps this node signing with the one before.
+ * one line says which key files to copy. On a reload (another node rotated or retired) trust follows
+ * the registry at once, whatever keys are here: a key not copied yet keeps this node signing with an
+ * older issuing CA, and with none left (the one it signed with retired) it signs nothing until then.
  */
 async function issuersWithKeys(
   set: CaCertificateSet,
@@ -366,7 +368,7 @@ async function issuersWithKeys(
   keys: KeyStore,
   starting: boolean,
   log: Logger,
-): Promise<{ issuers: IssuingCa[]; current: IssuingCa }> {
+): Promise<{ issuers: IssuingCa[]; current: IssuingCa; canSign: boolean }> {
   const issuers: IssuingCa[] = [];
   const missing: CaGenerationCertificate[] = [];
   let current: IssuingCa | undefined;
@@ -384,13 +386,14 @@ async function issuersWithKeys(
     issuers.push(issuer);
     current ??= issuer;
   }
+  if (issuers.length === 0) throw new Error(`no trusted issuing CA in the registry (${dir})`);
   if (missing.length > 0) {
     const error = missingKeys(dir, missing);
-    if (starting || !current) throw error;
-    log.error({ signing: current.generation }, `${error.message}; until then this node signs with issuing CA ${current.generation}`);
+    if (starting) throw error;
+    const meanwhile = current ? `until then this node signs with issuing CA ${current.generation}` : 'until then this node signs no certificate, CRL or OCSP answer';
+    log.error({ signing: current?.generation ?? null }, `${error.message}; ${meanwhile}`);
   }
-  if (!current) throw new Error(`no issuing CA in the registry (${dir})`);
-  return { issuers, current };
+  return { issuers, current: current ?? issuers[0]!, canSign: current !== undefined };
 }
 
 /** One line saying which key is missing and what to copy where. */
