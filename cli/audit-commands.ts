@@ -63,7 +63,7 @@ export function registerAuditCommands(program: Command, withRegistry: WithRegist
       const number = (name: 'days' | 'hours' | 'count' | 'limit') => (given[name] === undefined ? undefined : wholeNumber(`--${name}`)(given[name]));
       const options: AuditOptions = { days: number('days'), hours: number('hours'), count: number('count'), limit: number('limit')!, cursor: given.cursor, json: given.json };
       const failing = await withRegistry(async (db, config) => {
-        const deps: AuditDeps = { pool: db.pool, clock: () => new Date(), ca: await readTrustedCaCertificates(config.dataDir), audits: auditEnvironment(config) };
+        const deps: AuditDeps = { pool: db.pool, clock: () => new Date(), ca: await readTrustedCaCertificates(db.pool), audits: auditEnvironment(config) };
         return check === undefined ? printSummaries(deps, options) : printFindings(deps, check, options);
       });
       if (failing) process.exitCode = 1;

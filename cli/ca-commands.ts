@@ -3,10 +3,9 @@ import type { Command } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import type { Database } from '../core/db/database.js';
 import { logTo } from '../core/log.js';
-import { rotateIssuingCa } from '../core/pki/authority.js';
+import { issuerFileName, rotateIssuingCa } from '../core/pki/authority.js';
 import { importIssuingCa, requestIssuingCa, signIssuingRequest } from '../core/pki/offline-root.js';
 import { sha256Hex } from '../core/pki/x509.js';
-import { announceCaChange } from '../core/registry/index.js';
 import { withCaKeys } from './ca-keys.js';
 
 type WithRegistry = <T>(run: (db: Database, config: FleetConfig) => Promise<T>) => Promise<T>;
@@ -20,15 +19,15 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
     .description('add a new issuing CA, signed by the root; new certificates come from it, older ones stay trusted, and a running server switches over at once')
     .option('--csr <file>', 'the root key is offline: make the new key and write its CSR to <file>, for fleet ca sign-issuing')
     .action(async (options: { csr?: string }) => {
-      if (options.csr) return requestWithCsr(options.csr);
+      if (options.csr) return requestWithCsr(options.csr, withRegistry);
       const issuer = await withRegistry(async (db, config) => {
         const log = cliLog();
-        const made = await withCaKeys(config, log, (keyStore) => rotateIssuingCa({ dataDir: config.dataDir, log, keyStore, rootCurve: config.rootCurve }));
-        await announceCaChange(db.pool, { action: 'rotated', generation: made.generation, issuer: made.certificate.subject, at: new Date() });
-        return made;
+        // Stored in the registry with the change-feed event, in one transaction: every node reloads it.
+        return withCaKeys(config, log, (keyStore) => rotateIssuingCa({ pool: db.pool, dataDir: config.dataDir, log, keyStore }));
       });
       explain(`Issuing CA ${issuer.generation} (${issuer.certificate.subject}, key id ${issuer.keyId}) now signs new certificates.`);
       explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
+      explainOtherNodes(issuer.generation);
     });
 
   ca.command('sign-issuing')
@@ -52,19 +51,24 @@ export function registerRotationCommands(ca: Command, withRegistry: WithRegistry
       const pem = await readFile(file, 'utf8');
       const imported = await withRegistry(async (db, config) => {
         const log = cliLog();
-        const made = await withCaKeys(config, log, (keyStore) => importIssuingCa({ dataDir: config.dataDir, log, keyStore }, pem));
-        await announceCaChange(db.pool, { action: 'imported', generation: made.generation, issuer: made.certificate.subject, at: new Date() });
-        return made;
+        return withCaKeys(config, log, (keyStore) => importIssuingCa({ pool: db.pool, dataDir: config.dataDir, log, keyStore }, pem));
       });
       explain(`Issuing CA ${imported.generation} (${imported.certificate.subject}, key id ${imported.keyId}) now signs new certificates.`);
       explain('Earlier issuing CAs stay trusted until you retire them (fleet ca retire <generation>).');
+      explainOtherNodes(imported.generation);
     });
 }
 
-async function requestWithCsr(file: string): Promise<void> {
-  const config = loadConfig();
+/** Every node trusts a new issuing CA from the registry at once, but signs with it only with its key. */
+const explainOtherNodes = (generation: number) =>
+  explain(`Other nodes of the fleet trust it now; to sign with it they need its key: copy ${issuerFileName(generation)}.key into their data/pki (not with a shared PKCS#11 token).`);
+
+async function requestWithCsr(file: string, withRegistry: WithRegistry): Promise<void> {
   const log = cliLog();
-  const request = await withCaKeys(config, log, (keyStore) => requestIssuingCa({ dataDir: config.dataDir, log, keyStore }));
+  // The next generation's number comes from the registry, which holds every issuing CA of the fleet.
+  const request = await withRegistry((db, config) =>
+    withCaKeys(config, log, (keyStore) => requestIssuingCa({ pool: db.pool, dataDir: config.dataDir, log, keyStore })),
+  );
   await writeFile(file, request.csrPem, { mode: 0o644 });
   const out = `issuing-${request.generation}.crt`;
   explain(`Issuing CA ${request.generation}'s key is in ${request.location}; its CSR is in ${file}.`);

@@ -13,7 +13,6 @@ import { registerBackupCommands } from './backup-commands.js';
 import { retireIssuingCa } from '../core/pki/authority.js';
 import { logTo } from '../core/log.js';
 import {
-  announceCaChange,
   createOperatorToken,
   listOperatorTokens,
   OPERATOR_ROLES,
@@ -221,8 +220,7 @@ export function registerCommands(program: Command): void {
     .argument('<generation>', 'the issuing CA number, as rotate printed it', (value) => Number.parseInt(value, 10))
     .action(async (generation: number) => {
       await withRegistry(async (db, config) => {
-        await retireIssuingCa({ dataDir: config.dataDir }, generation);
-        await announceCaChange(db.pool, { action: 'retired', generation, at: new Date() });
+        await retireIssuingCa({ pool: db.pool, dataDir: config.dataDir }, generation);
       });
       explain(`Issuing CA ${generation} is retired; running servers stop trusting it and close its devices' sessions now.`);
     });

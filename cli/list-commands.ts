@@ -105,7 +105,7 @@ export function registerListCommands(program: Command, withRegistry: WithRegistr
     .description('the root and every issuing CA: validity, which one signs new certificates, which are trusted or retired')
     .option('--json', 'print JSON instead of a table')
     .action(async (options: { json?: boolean }) => {
-      const generations = await withRegistry((_db, config) => listCaGenerations(config.dataDir));
+      const generations = await withRegistry((db, config) => listCaGenerations(db.pool, config.dataDir));
       printResult(options, generations, () =>
         table(
           ['GENERATION', 'ROLE', 'STATE', 'SUBJECT', 'KEY ID', 'NOT BEFORE', 'NOT AFTER'],

@@ -62,7 +62,7 @@ export async function startFleet(
   try {
     const keyStore = caKeyStore(config, log);
     started.push(keyStore);
-    const ca = await loadAuthority({ dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock, keyStore, rootCurve: config.rootCurve });
+    const ca = await loadAuthority({ pool: db.pool, dataDir: config.dataDir, hostnames: config.hostnames, log, now: clock, keyStore, rootCurve: config.rootCurve });
     warnAboutCaKeys(keyStore, config, log);
     const policy = policyFromConfig(config);
     const metrics = createBrokerMetrics();

@@ -9,7 +9,6 @@ import { createDeviceIdentity } from '../device-sim/identity.js';
 import { caKeyStore } from '../cli/start.js';
 import { silentLogger } from '../core/log.js';
 import { retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
-import { announceCaChange } from '../core/registry/index.js';
 import { closed, connectDevice, nextMessage } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 import { eventually } from './support/wait.js';
@@ -184,14 +183,12 @@ describe('trust bundle', () => {
   test('retiring an old issuing CA refuses its devices at the handshake, without a restart', async () => {
     const old = await t.enroll('retire-old');
     const log = silentLogger();
-    const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
-    await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
+    const made = await rotateIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
     await eventually(() => t.fleet.ca.current.generation === made.generation, 'the rotation was taken up');
     const fresh = await t.enroll('retire-new');
     assert.equal((await connectDevice(port(), 'retire-old', tlsOf(old))).outcome, 'connected');
 
-    await retireIssuingCa({ dataDir: t.dataDir }, made.generation - 1);
-    await announceCaChange(t.fleet.db.pool, { action: 'retired', generation: made.generation - 1, at: new Date() });
+    await retireIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir }, made.generation - 1);
     await eventually(() => t.fleet.ca.issuers.length === 1, 'the retirement was taken up');
     await sleep(100);
     const refused = await connectDevice(port(), 'retire-old', tlsOf(old));

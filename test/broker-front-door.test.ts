@@ -11,7 +11,6 @@ import { caKeyStore } from '../cli/start.js';
 import { silentLogger } from '../core/log.js';
 import { retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
 import { ecSigningAlgorithm, exportPrivateKeyPem, generateEcKeys, importEcPrivateKeyPem, randomSerial, x509 } from '../core/pki/x509.js';
-import { announceCaChange } from '../core/registry/index.js';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 import { connectDevice, type DeviceTls } from './support/mqtt.js';
@@ -239,14 +238,12 @@ describe('the front door of a running fleet', () => {
       oldTrustPem = t.fleet.ca.trustPem;
       issuingCa1 = t.fleet.ca.issuing.toString('pem');
       const log = silentLogger();
-      const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
-      await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
+      const made = await rotateIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
       await eventually(() => t.fleet.ca.current.generation === made.generation, 'the rotation was taken up');
       const before = await connectDevice(port(), 'retired-1', tlsOf(t, old));
       assert.equal(before.outcome, 'connected', 'issuing CA 1 is still trusted after the rotation');
       await before.client.endAsync();
-      await retireIssuingCa({ dataDir: t.dataDir }, 1);
-      await announceCaChange(t.fleet.db.pool, { action: 'retired', generation: 1, at: new Date() });
+      await retireIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir }, 1);
       await eventually(() => t.fleet.ca.issuers.length === 1, 'the retirement was taken up');
     });
 

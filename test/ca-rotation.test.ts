@@ -4,10 +4,10 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { caKeyStore, type RunningFleet, startFleet } from '../cli/start.js';
+import { openDatabase } from '../core/db/database.js';
 import { silentLogger } from '../core/log.js';
 import { type IssuingCa, retireIssuingCa, rotateIssuingCa } from '../core/pki/authority.js';
 import { x509 } from '../core/pki/x509.js';
-import { announceCaChange } from '../core/registry/index.js';
 import { closed, connectDevice } from './support/mqtt.js';
 import { openssl, run } from './support/openssl.js';
 import { parseExposition } from './support/prometheus.js';
@@ -59,9 +59,8 @@ test('a new issuing CA signs new certificates while the old one still verifies, 
   assert.equal(keyIdOf(before.certificatePem), firstKeyId);
 
   const log = silentLogger();
-  const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
+  const made = await rotateIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
   assert.equal(made.generation, 2);
-  await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
   await untilGeneration(2);
   assert.equal(t.fleet.ca.issuers.length, 2);
 
@@ -151,9 +150,8 @@ describe('rotation and retirement without an outage, in every running process', 
     assert.equal(liveA.outcome, 'connected');
     assert.equal(liveB.outcome, 'connected');
 
-    const made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
+    const made = await rotateIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
     assert.deepEqual(subjectsIn(await trustFileOf(t.dataDir)).slice(0, 2), [made.certificate.subject, t.fleet.ca.issuing.subject], 'rotate itself rewrites data/pki/trust.pem');
-    await announceCaChange(t.fleet.db.pool, { action: 'rotated', generation: made.generation, at: new Date() });
     await untilGeneration(made.generation);
     await eventually(() => peer.ca.current.generation === made.generation, 'the second process reloaded the CA');
     const current = new RegExp(`Issuing CA ${made.generation}\\b`);
@@ -161,10 +159,9 @@ describe('rotation and retirement without an outage, in every running process', 
     for (const fleet of [t.fleet, peer]) await assertServersVerify(fleet, fresh, current, 'after rotate');
     assert.ok(liveA.client.connected && liveB.client.connected, 'a rotation alone closes no session');
 
-    await retireIssuingCa({ dataDir: t.dataDir }, generation);
+    await retireIssuingCa({ pool: t.fleet.db.pool, dataDir: t.dataDir }, generation);
     const trustFile = await trustFileOf(t.dataDir);
     assert.ok(!subjectsIn(trustFile).some((s) => new RegExp(`Issuing CA ${generation}\\b`).test(s)), 'retire itself rewrites data/pki/trust.pem');
-    await announceCaChange(t.fleet.db.pool, { action: 'retired', generation, at: new Date() });
     // Each broker ends its own session of a device of the retired CA, at once, not at its next handshake.
     await Promise.all([closed(liveA.client), closed(liveB.client)]);
     assert.equal(await metric(t.fleet.metricsPort, 'fleet_broker_retirement_closed_sessions_total'), 1);
@@ -193,8 +190,13 @@ describe('rotation and retirement without an outage, in every running process', 
     // Rotated and retired by the CLI with no server running: nobody re-issued the server certificate yet.
     await t.restart(async () => {
       const before = t.fleet.ca.current.generation;
-      made = await rotateIssuingCa({ dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
-      await retireIssuingCa({ dataDir: t.dataDir }, before);
+      const db = await openDatabase(t.config, log);
+      try {
+        made = await rotateIssuingCa({ pool: db.pool, dataDir: t.dataDir, log, keyStore: caKeyStore(t.config, log) });
+        await retireIssuingCa({ pool: db.pool, dataDir: t.dataDir }, before);
+      } finally {
+        await db.close();
+      }
     });
     await assertServersVerify(t.fleet, await t.enroll('offline-rotation-new'), new RegExp(`Issuing CA ${made!.generation}\\b`), 'after an offline rotate and retire');
     const refused = await connectDevice(t.fleet.broker.port, 'offline-rotation', tlsOf(device));

@@ -1,13 +1,35 @@
-import { createPublicKey, randomBytes } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { AsnConvert } from '@peculiar/asn1-schema';
 import { type AlgorithmIdentifier, CRLNumber, id_ce_cRLNumber } from '@peculiar/asn1-x509';
+import type pg from 'pg';
 import { ConfigError } from '../config.js';
+import { inTransaction, type Queryable } from '../db/transaction.js';
 import { FleetError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { addCaCertificates, announceCaChange, lockCaCertificates, retireCaCertificate } from '../registry/index.js';
+import {
+  assertSameRoot,
+  type CaCertificateSet,
+  type CaGenerationCertificate,
+  caRow,
+  issuerFileName,
+  issuingCertFile,
+  nextGenerationOf,
+  readCertificate,
+  requireRegistrySet,
+  retiredCertFile,
+  rootCertFile,
+  rowsOf,
+  setFromDirectory,
+  setFromRegistry,
+  type TrustedCaCertificates,
+  writeCache,
+  writeFileAtomically,
+} from './ca-certificates.js';
 import { fileKeyStore, type KeyStore } from './key-store.js';
 import { type CaSigner, signerMatches, x509Signing } from './signer.js';
 import {
@@ -21,14 +43,14 @@ import {
   x509,
 } from './x509.js';
 
+export { issuerFileName, readCertificate, rootCertFile, TRUST_BUNDLE, type TrustedCaCertificates } from './ca-certificates.js';
+
 /**
  * A new root's curve unless told otherwise (FLEET_ROOT_CURVE). Every mTLS handshake verifies the
  * issuing CA certificate's signature by the root, and a P-256 verify costs about a tenth of a P-384 one.
  */
 export const DEFAULT_ROOT_CURVE: EcCurve = 'P-256';
 export const ISSUING_CURVE: EcCurve = 'P-256';
-/** In `<dataDir>/pki`: the root and every trusted issuing CA, rewritten on each rotation and retirement. */
-export const TRUST_BUNDLE = 'trust.pem';
 const DAY = 86_400_000;
 /** A server certificate this close to expiry (or naming other hosts) is replaced at start and on a CA reload. */
 const SERVER_RENEW_BEFORE = 30 * DAY;
@@ -105,10 +127,15 @@ export interface AuthorityOptions {
   keyStore?: KeyStore;
   /** The curve of a root made now; an existing root keeps its own. DEFAULT_ROOT_CURVE when not given. */
   rootCurve?: EcCurve;
+  /**
+   * The registry, which holds the fleet's CA certificates (the files in `<dataDir>/pki` are then its
+   * cache). Without it the data directory alone is the CA: for tools and tests that run one of their own.
+   */
+  pool?: pg.Pool;
 }
 
 /** A CA certificate and what signs with its key. */
-interface CaKeyed {
+export interface CaKeyed {
   certificate: x509.X509Certificate;
   signer: CaSigner;
 }
@@ -127,15 +154,13 @@ interface ServerKeyed {
 
 const pkiDirOf = (dataDir: string) => path.join(dataDir, 'pki');
 
-export async function openPkiDir(options: Omit<AuthorityOptions, 'hostnames'>) {
+export async function openPkiDir(options: Omit<AuthorityOptions, 'hostnames' | 'pool'>) {
   const dir = pkiDirOf(options.dataDir);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
   const keys = options.keyStore ?? fileKeyStore(dir, { log: options.log });
   return { dir, keys, now: options.now ?? (() => new Date()) };
 }
-
-export const rootCertFile = (dir: string) => path.join(dir, 'root.crt');
 
 /** The curve of a root's key, read from its certificate: a root made before the default changed keeps its own. */
 export function rootCurveOf(root: x509.X509Certificate): EcCurve {
@@ -146,21 +171,6 @@ export function rootCurveOf(root: x509.X509Certificate): EcCurve {
 
 /** The root's key from the key store, on the curve its certificate names; undefined when the key is not here. */
 export const rootKey = (keys: KeyStore, root: x509.X509Certificate) => keys.signer('root', rootCurveOf(root));
-
-/** The root from root.crt, with its key when the key is here; a new root on `curve` when there is no root.crt. */
-async function loadOrCreateRoot(dir: string, keys: KeyStore, log: Logger, now: () => Date, curve: EcCurve): Promise<Root> {
-  const file = rootCertFile(dir);
-  if (existsSync(file)) {
-    const certificate = await readCertificate(file);
-    return { certificate, signer: await rootKey(keys, certificate) };
-  }
-  // Key first, so a crash never leaves a certificate without its key.
-  const signer = await keys.generate('root', curve);
-  const certificate = await createRoot(signer, now());
-  await writeFileAtomically(file, certificate.toString('pem') + '\n');
-  log.info({ subject: certificate.subject, curve, notAfter: certificate.notAfter, file }, 'created root CA');
-  return { certificate, signer };
-}
 
 /** The root's signer, or a refusal that says how to sign without it. */
 function onlineRoot(root: Root, dir: string): CaSigner {
@@ -173,54 +183,133 @@ function onlineRoot(root: Root, dir: string): CaSigner {
   );
 }
 
-/** Loads the CA from `<dataDir>/pki`, creating the root, first issuing CA and server certificate on first start. */
+/** A new CA: the root (key first, so a crash never leaves a certificate without its key) and issuing CA 1. */
+async function createCa(keys: KeyStore, log: Logger, now: Date, curve: EcCurve): Promise<CaCertificateSet> {
+  const signer = await keys.generate('root', curve);
+  const root = await createRoot(signer, now);
+  log.info({ subject: root.subject, curve, notAfter: root.notAfter }, 'created root CA');
+  return withIssuer({ root, issuers: [], retired: [] }, { certificate: root, signer }, keys, log, now);
+}
+
+/** The set with a first issuing CA when it has none (a data directory holding only the root). */
+async function withIssuer(set: CaCertificateSet, root: Root, keys: KeyStore, log: Logger, now: Date): Promise<CaCertificateSet> {
+  if (set.issuers.length > 0) return set;
+  const generation = nextGenerationOf(set);
+  const made = await createIssuingCa(keys, root, generation, now, log);
+  return { ...set, issuers: [{ generation, certificate: made.certificate }] };
+}
+
+/**
+ * The CA certificates this node runs with. With a registry: its certificates when it has some; else
+ * the data directory's, imported once (a fleet from before the registry kept them); else a new CA.
+ * The advisory lock makes nodes starting together on an empty registry wait for the first, so one
+ * root is made, and the others find it. Without a registry, the data directory alone.
+ */
+async function establishCa(options: AuthorityOptions, dir: string, keys: KeyStore, now: Date): Promise<CaCertificateSet> {
+  const { log, pool } = options;
+  const curve = options.rootCurve ?? DEFAULT_ROOT_CURVE;
+  const fromDirectory = async () => {
+    const local = await setFromDirectory(dir);
+    if (!local) return createCa(keys, log, now, curve);
+    return withIssuer(local, { certificate: local.root, signer: await rootKey(keys, local.root) }, keys, log, now);
+  };
+  if (!pool) return fromDirectory();
+  return inTransaction(pool, async (tx) => {
+    await lockCaCertificates(tx);
+    const stored = await setFromRegistry(tx);
+    if (stored) return stored;
+    const imported = existsSync(rootCertFile(dir));
+    const set = await fromDirectory();
+    await addCaCertificates(tx, rowsOf(set, now));
+    log.info({ dir, issuers: set.issuers.length, retired: set.retired.length }, imported ? 'imported the CA certificates of the data directory into the registry' : 'stored the new CA in the registry');
+    return set;
+  });
+}
+
+/**
+ * Loads the CA: its certificates from the registry (written into `<dataDir>/pki` as a cache), its
+ * keys from the key store; on a fleet's first start, creates the root, first issuing CA and server
+ * certificate. Refuses to start when the key store lacks the key of a trusted issuing CA.
+ */
 export async function loadAuthority(options: AuthorityOptions): Promise<CertificateAuthority> {
   const { dir, keys, now } = await openPkiDir(options);
-  const root = await loadOrCreateRoot(dir, keys, options.log, now, options.rootCurve ?? DEFAULT_ROOT_CURVE);
-  if ((await issuerGenerations(dir)).length === 0) await createIssuingCa(dir, keys, root, 1, now(), options.log);
-  const authority = { root: root.certificate, rootPem: pemChain(root.certificate) } as CertificateAuthority;
+  const established = await establishCa(options, dir, keys, now());
+  await assertSameRoot(dir, established);
+  // Read though the CA runs without it: a wrong FLEET_CA_PASSPHRASE stops the start here, and a root
+  // key file from before the passphrase was set is encrypted in place now, not at the next rotation.
+  await rootKey(keys, established.root);
+  const authority = {} as CertificateAuthority;
   const sanNames = serverNames(options.hostnames);
   const serverFiles = { cert: path.join(dir, 'server.crt'), key: 'server', keys };
   let server: ServerKeyed | undefined;
-  const refresh = async () => {
-    const issuers = await loadIssuers(dir, keys);
-    const current = issuers[0]!;
-    server = await serverCertificate(serverFiles, server, current, sanNames, now(), options.log);
-    await writeTrustBundle(dir);
+  const refresh = async (set: CaCertificateSet, starting: boolean) => {
+    await writeCache(dir, set);
+    const { issuers, current, canSign } = await issuersWithKeys(set, dir, keys, starting, options.log);
+    // Unable to sign (on a reload only: a start refuses), the server certificate in use stays: it still chains to the root.
+    server = canSign || !server ? await serverCertificate(serverFiles, server, current, sanNames, now(), options.log) : server;
     // All at once, so no reader sees the new issuing CA beside the old server certificate.
     Object.assign(authority, {
+      root: set.root,
+      rootPem: pemChain(set.root),
       issuers,
       current,
       issuing: current.certificate,
-      chainPem: pemChain(current.certificate, root.certificate),
-      trustPem: pemChain(...issuers.map((i) => i.certificate), root.certificate),
+      chainPem: pemChain(current.certificate, set.root),
+      trustPem: pemChain(...issuers.map((i) => i.certificate), set.root),
       server: { certificatePem: pemChain(server.certificate, current.certificate), keyPem: server.keyPem },
     });
   };
-  await refresh();
+  await refresh(established, true);
+  const reread = async () => refresh((options.pool ? await requireRegistrySet(options.pool) : await setFromDirectory(dir))!, false);
   // A rotation and a retirement announced back to back must not reload side by side.
   let reloading = Promise.resolve();
   Object.assign(authority, {
     sign: (request: CertificateRequestToSign) => authority.current.sign(request),
     signData: (data: ArrayBuffer) => authority.current.signData(data),
     issuerByKeyId: (keyId: string) => authority.issuers.find((i) => i.keyId === keyId.toLowerCase()),
-    reload: () => (reloading = reloading.catch(() => undefined).then(refresh)),
+    reload: () => (reloading = reloading.catch(() => undefined).then(reread)),
   });
   return authority;
 }
 
+/** What rotation, import and retirement need: the registry, which they change, and the node's data directory and keys. */
+export type RegistryCaOptions = Omit<AuthorityOptions, 'hostnames' | 'pool'> & { pool: pg.Pool };
+
 /**
- * Adds the next issuing CA, signed by the root. Running processes pick it up when told (see
- * announceCaChange); until then they keep signing with the one before, which stays trusted.
+ * Adds the next issuing CA, signed by the root. Running processes pick it up from the change feed;
+ * until then they keep signing with the one before, which stays trusted.
  */
-export async function rotateIssuingCa(options: Omit<AuthorityOptions, 'hostnames'>): Promise<IssuingCa> {
+export async function rotateIssuingCa(options: RegistryCaOptions): Promise<IssuingCa> {
   const { dir, keys, now } = await openPkiDir(options);
-  const root = await loadOrCreateRoot(dir, keys, options.log, now, options.rootCurve ?? DEFAULT_ROOT_CURVE);
-  return createIssuingCa(dir, keys, root, await nextGeneration(dir), now(), options.log);
+  return addIssuingCa(options.pool, dir, 'rotated', now, async (set, generation) =>
+    createIssuingCa(keys, { certificate: set.root, signer: await rootKey(keys, set.root) }, generation, now(), options.log, dir),
+  );
 }
 
-/** The next issuing CA's number: one past every issuing CA, retired ones included. */
-export const nextGeneration = async (dir: string) => Math.max(0, ...(await issuerGenerations(dir)), ...(await retiredGenerations(dir))) + 1;
+/**
+ * Stores a new issuing CA, made by `make` for the next generation, and announces it, in one
+ * transaction: every node reloads exactly the certificates the registry holds. Then this node's cache.
+ */
+export async function addIssuingCa(
+  pool: pg.Pool,
+  dir: string,
+  action: 'rotated' | 'imported',
+  now: () => Date,
+  make: (set: CaCertificateSet, generation: number) => Promise<CaKeyed>,
+): Promise<IssuingCa> {
+  const made = await inTransaction(pool, async (tx) => {
+    await lockCaCertificates(tx);
+    const set = await requireRegistrySet(tx);
+    const generation = nextGenerationOf(set);
+    const keyed = await make(set, generation);
+    const at = now();
+    await addCaCertificates(tx, [caRow(generation, keyed.certificate, 'current', at)]);
+    await announceCaChange(tx, { action, generation, issuer: keyed.certificate.subject, at });
+    return issuingCa(generation, keyed);
+  });
+  await writeCache(dir, await requireRegistrySet(pool));
+  return made;
+}
 
 /**
  * The key for an issuing CA not yet certified: the one a rotation began (rotate --csr) and did not
@@ -231,95 +320,91 @@ export async function issuingKey(keys: KeyStore, generation: number): Promise<Ca
   return (await keys.signer(name, ISSUING_CURVE)) ?? (await keys.generate(name, ISSUING_CURVE));
 }
 
-async function createIssuingCa(dir: string, keys: KeyStore, root: Root, generation: number, now: Date, log: Logger): Promise<IssuingCa> {
+async function createIssuingCa(keys: KeyStore, root: Root, generation: number, now: Date, log: Logger, dir = 'the data directory'): Promise<CaKeyed> {
   const rootSigner = onlineRoot(root, dir);
   const signer = await issuingKey(keys, generation);
   const certificate = await certifyIssuing(root.certificate, rootSigner, { subject: issuingSubject(generation), publicKey: signer.publicKey }, now);
-  const file = await installIssuingCertificate(dir, generation, certificate);
-  log.info({ subject: certificate.subject, notAfter: certificate.notAfter, file, keyLocation: signer.location }, 'created issuing CA');
-  return issuingCa(generation, { certificate, signer });
-}
-
-/** Puts an issuing CA's certificate beside its key and into the trust bundle: from now on it signs. */
-export async function installIssuingCertificate(dir: string, generation: number, certificate: x509.X509Certificate): Promise<string> {
-  const file = issuingCertFile(dir, generation);
-  await writeFileAtomically(file, certificate.toString('pem') + '\n');
-  await writeTrustBundle(dir);
-  return file;
+  log.info({ subject: certificate.subject, notAfter: certificate.notAfter, keyLocation: signer.location }, 'created issuing CA');
+  return { certificate, signer };
 }
 
 /**
- * Stops trusting an older issuing CA: its certificate moves to pki/retired/, and after the reload
- * its devices are refused at the TLS handshake and their live sessions closed. The newest issuing CA
- * cannot be retired.
+ * Stops trusting an older issuing CA, in the registry and with the change-feed event in one
+ * transaction: after the reload its devices are refused at the TLS handshake and their live sessions
+ * closed, on every node. The newest issuing CA cannot be retired.
  */
-export async function retireIssuingCa(options: { dataDir: string }, generation: number): Promise<void> {
-  const dir = pkiDirOf(options.dataDir);
-  const generations = await issuerGenerations(dir);
-  if (!generations.includes(generation)) throw new FleetError('issuer_not_found', 404, `there is no issuing CA ${generation}`);
-  if (generation === Math.max(...generations)) {
-    throw new FleetError('issuer_current', 409, `issuing CA ${generation} is the one signing new certificates; rotate first (fleet ca rotate)`);
-  }
-  await mkdir(path.join(dir, 'retired'), { recursive: true, mode: 0o700 });
-  const name = `${issuerFileName(generation)}.crt`;
-  await rename(path.join(dir, name), path.join(dir, 'retired', name));
-  await writeTrustBundle(dir);
+export async function retireIssuingCa(options: { pool: pg.Pool; dataDir: string; now?: () => Date }, generation: number): Promise<void> {
+  const at = (options.now ?? (() => new Date()))();
+  const set = await inTransaction(options.pool, async (tx) => {
+    await lockCaCertificates(tx);
+    const { issuers } = await requireRegistrySet(tx);
+    const issuer = issuers.find((i) => i.generation === generation);
+    if (!issuer) throw new FleetError('issuer_not_found', 404, `there is no issuing CA ${generation}`);
+    if (issuer === issuers[0]) {
+      throw new FleetError('issuer_current', 409, `issuing CA ${generation} is the one signing new certificates; rotate first (fleet ca rotate)`);
+    }
+    await retireCaCertificate(tx, generation, at);
+    await announceCaChange(tx, { action: 'retired', generation, issuer: issuer.certificate.subject, at });
+    return requireRegistrySet(tx);
+  });
+  await writeCache(pkiDirOf(options.dataDir), set);
 }
 
-export const issuerFileName = (generation: number) => (generation === 1 ? 'issuing' : `issuing-${generation}`);
-const issuingCertFile = (dir: string, generation: number) => path.join(dir, `${issuerFileName(generation)}.crt`);
 export const issuingSubject = (generation: number) => `CN=fleet-auth Issuing CA ${generation}, O=fleet-auth`;
 
-/** The CA certificates a fleet trusts, without its keys: what audits read of the CA (the root and each issuing CA's validity). */
-export interface TrustedCaCertificates {
-  root: x509.X509Certificate;
-  /** Every trusted issuing CA, newest first. */
-  issuers: readonly { generation: number; certificate: x509.X509Certificate }[];
-}
+/** The trusted CA certificates in the registry, read without touching a key, for a process that does not run the CA. */
+export const readTrustedCaCertificates = (q: Queryable): Promise<TrustedCaCertificates> => requireRegistrySet(q);
 
-/** The trusted CA certificates in `<dataDir>/pki`, read without touching a key, for a process that does not run the CA. */
-export async function readTrustedCaCertificates(dataDir: string): Promise<TrustedCaCertificates> {
-  const dir = pkiDirOf(dataDir);
-  if (!existsSync(rootCertFile(dir))) {
-    throw new FleetError('root_not_found', 404, `there is no root CA certificate in ${dir}; start the fleet once (fleet start), or set FLEET_DATA_DIR`);
-  }
-  const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
-  const issuers = await Promise.all(generations.map(async (generation) => ({ generation, certificate: await readCertificate(issuingCertFile(dir, generation)) })));
-  return { root: await readCertificate(rootCertFile(dir)), issuers };
-}
-
-const issuerGenerations = (dir: string) => generationsIn(dir);
-const retiredGenerations = (dir: string) => generationsIn(path.join(dir, 'retired'));
-
-async function generationsIn(dir: string): Promise<number[]> {
-  if (!existsSync(dir)) return [];
-  const names = await readdir(dir);
-  return names.flatMap((name) => {
-    const match = /^issuing(?:-(\d+))?\.crt$/.exec(name);
-    return match ? [match[1] ? Number(match[1]) : 1] : [];
-  });
-}
-
-async function loadIssuers(dir: string, keys: KeyStore): Promise<IssuingCa[]> {
-  const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
+/**
+ * The trusted issuing CAs with their keys, newest first, and the newest of them this node can sign
+ * with. At start every one must have its key here (else its CRL and OCSP answers would be stranded):
+ * one line says which key files to copy. On a reload (another node rotated or retired) trust follows
+ * the registry at once, whatever keys are here: a key not copied yet keeps this node signing with an
+ * older issuing CA, and with none left (the one it signed with retired) it signs nothing until then.
+ */
+async function issuersWithKeys(
+  set: CaCertificateSet,
+  dir: string,
+  keys: KeyStore,
+  starting: boolean,
+  log: Logger,
+): Promise<{ issuers: IssuingCa[]; current: IssuingCa; canSign: boolean }> {
   const issuers: IssuingCa[] = [];
-  for (const generation of generations) {
+  const missing: CaGenerationCertificate[] = [];
+  let current: IssuingCa | undefined;
+  for (const { generation, certificate } of set.issuers) {
     const signer = await keys.signer(issuerFileName(generation), ISSUING_CURVE);
-    // Trusted but unable to sign would strand its devices' CRL and OCSP: say so rather than skip it.
     if (!signer) {
-      throw new ConfigError(
-        `issuing CA ${generation} (${issuingCertFile(dir, generation)}) has no private key here: it is neither a file in ${dir} ` +
-          'nor in a configured PKCS#11 token; run with the key store it was made with (FLEET_CA_PKCS11_* for a token)',
-      );
+      missing.push({ generation, certificate });
+      issuers.push(keylessIssuingCa(generation, certificate));
+      continue;
     }
-    const certificate = await readCertificate(issuingCertFile(dir, generation));
     if (!signerMatches(signer, certificate)) {
       throw new ConfigError(`the key of issuing CA ${generation} (${signer.location}) is not the key its certificate ${issuingCertFile(dir, generation)} names`);
     }
-    issuers.push(issuingCa(generation, { certificate, signer }));
+    const issuer = issuingCa(generation, { certificate, signer });
+    issuers.push(issuer);
+    current ??= issuer;
   }
-  if (issuers.length === 0) throw new Error(`no issuing CA in ${dir}`);
-  return issuers;
+  if (issuers.length === 0) throw new Error(`no trusted issuing CA in the registry (${dir})`);
+  if (missing.length > 0) {
+    const error = missingKeys(dir, missing);
+    if (starting) throw error;
+    const meanwhile = current ? `until then this node signs with issuing CA ${current.generation}` : 'until then this node signs no certificate, CRL or OCSP answer';
+    log.error({ signing: current?.generation ?? null }, `${error.message}; ${meanwhile}`);
+  }
+  return { issuers, current: current ?? issuers[0]!, canSign: current !== undefined };
+}
+
+/** One line saying which key is missing and what to copy where. */
+function missingKeys(dir: string, missing: CaGenerationCertificate[]): ConfigError {
+  const newest = missing[0]!;
+  const files = missing.map((m) => `${issuerFileName(m.generation)}.key`).join(', ');
+  return new ConfigError(
+    `issuing CA ${newest.generation} (${newest.certificate.subject}, ${issuingCertFile(dir, newest.generation)}) has no private key here: ` +
+      `copy ${files} from the pki directory of a node that has ${missing.length > 1 ? 'them' : 'it'} into ${dir} (mode 0600; encrypted keys need that node's FLEET_CA_PASSPHRASE), ` +
+      'or run with the key store it was made with (FLEET_CA_PKCS11_* for a token)',
+  );
 }
 
 export const keyIdOf = (certificate: x509.X509Certificate): string =>
@@ -366,10 +451,19 @@ function issuingCa(generation: number, issuing: CaKeyed): IssuingCa {
   };
 }
 
+/**
+ * A trusted issuing CA whose key this node does not have (another node rotated, and its key is not
+ * copied here yet): its devices are admitted, and signing for it says what is missing.
+ */
+function keylessIssuingCa(generation: number, certificate: x509.X509Certificate): IssuingCa {
+  const refuse = async (): Promise<never> => {
+    throw new FleetError('issuer_key_missing', 503, `this node has no key for issuing CA ${generation}; copy ${issuerFileName(generation)}.key into its pki directory and restart it`);
+  };
+  return { generation, certificate, keyId: keyIdOf(certificate), sign: refuse, signCrl: refuse, signData: refuse };
+}
+
 /** A certificate file and the name its private key has in the key store. */
 type FilePair = { cert: string; key: string; keys: KeyStore };
-
-export const readCertificate = async (file: string) => new x509.X509Certificate(await readFile(file, 'utf8'));
 
 async function readServer(files: FilePair): Promise<ServerKeyed | undefined> {
   if (!existsSync(files.cert)) return undefined;
@@ -491,21 +585,6 @@ async function serverCertificate(
   return made;
 }
 
-/** The root and every issuing CA still trusted, newest first: the file relying parties verify with. */
-async function writeTrustBundle(dir: string): Promise<void> {
-  const generations = (await issuerGenerations(dir)).sort((a, b) => b - a);
-  const files = [...generations.map((g) => `${issuerFileName(g)}.crt`), 'root.crt'];
-  const pems = await Promise.all(files.map((name) => readFile(path.join(dir, name), 'utf8')));
-  await writeFileAtomically(path.join(dir, TRUST_BUNDLE), pems.map((pem) => pem.trim() + '\n').join(''));
-}
-
-/** Aside and renamed, under a name of this process's own, so a reader never sees half a file. */
-async function writeFileAtomically(file: string, contents: string): Promise<void> {
-  const aside = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  await writeFile(aside, contents, { mode: 0o644 });
-  await rename(aside, file);
-}
-
 async function createServer(issuing: IssuingCa, names: string[], now: Date): Promise<ServerKeyed> {
   const keys = await generateEcKeys(ISSUING_CURVE);
   const certificate = await issuing.sign({
@@ -528,6 +607,7 @@ async function createServer(issuing: IssuingCa, names: string[], now: Date): Pro
 }
 
 /** One CA certificate of the data directory, as `fleet ca list` shows it. */
+/** One CA certificate of the registry, as `fleet ca list` shows it. */
 export interface CaGeneration {
   /** 0 for the root, 1 and up for the issuing CAs. */
   generation: number;
@@ -538,26 +618,30 @@ export interface CaGeneration {
   keyId: string;
   notBefore: Date;
   notAfter: Date;
+  /** Its copy in this node's data directory. */
   file: string;
 }
 
 /**
  * The root and every issuing CA, retired ones included, newest issuing CA first, read from the
- * certificates alone: it needs no key, so it works where the keys are in a token or offline.
+ * registry's certificates alone: it needs no key, so it works where the keys are in a token or offline.
  */
-export async function listCaGenerations(dataDir: string): Promise<CaGeneration[]> {
+export async function listCaGenerations(q: Queryable, dataDir: string): Promise<CaGeneration[]> {
   const dir = pkiDirOf(dataDir);
-  const trusted = (await issuerGenerations(dir)).sort((a, b) => b - a);
-  const retired = (await retiredGenerations(dir)).sort((a, b) => b - a);
-  const describe = async (generation: number, state: CaGeneration['state'], file: string): Promise<CaGeneration> => {
-    const certificate = await readCertificate(file);
-    const role = generation === 0 ? 'root' : 'issuing';
-    return { generation, role, state, subject: certificate.subject, keyId: keyIdOf(certificate), notBefore: certificate.notBefore, notAfter: certificate.notAfter, file };
-  };
-  const listed = [
-    ...trusted.map((g, i) => describe(g, i === 0 ? 'signing' : 'trusted', issuingCertFile(dir, g))),
-    ...retired.map((g) => describe(g, 'retired', path.join(dir, 'retired', `${issuerFileName(g)}.crt`))),
+  const set = await requireRegistrySet(q);
+  const describe = ({ generation, certificate }: CaGenerationCertificate, state: CaGeneration['state'], file: string): CaGeneration => ({
+    generation,
+    role: generation === 0 ? 'root' : 'issuing',
+    state,
+    subject: certificate.subject,
+    keyId: keyIdOf(certificate),
+    notBefore: certificate.notBefore,
+    notAfter: certificate.notAfter,
+    file,
+  });
+  return [
+    ...set.issuers.map((i, n) => describe(i, n === 0 ? 'signing' : 'trusted', issuingCertFile(dir, i.generation))),
+    ...set.retired.map((i) => describe(i, 'retired', retiredCertFile(dir, i.generation))),
+    describe({ generation: 0, certificate: set.root }, 'trusted', rootCertFile(dir)),
   ];
-  if (existsSync(rootCertFile(dir))) listed.push(describe(0, 'trusted', rootCertFile(dir)));
-  return Promise.all(listed);
 }

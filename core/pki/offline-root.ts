@@ -1,20 +1,20 @@
 import { existsSync } from 'node:fs';
 import { FleetError } from '../errors.js';
 import {
+  addIssuingCa,
   type AuthorityOptions,
   certifyIssuing,
-  installIssuingCertificate,
   issuerFileName,
   ISSUING_CURVE,
   issuingKey,
   issuingSubject,
-  keyIdOf,
-  nextGeneration,
   openPkiDir,
   readCertificate,
+  type RegistryCaOptions,
   rootCertFile,
   rootKey,
 } from './authority.js';
+import { nextGenerationOf, requireRegistrySet } from './ca-certificates.js';
 import { signerMatches, x509Signing } from './signer.js';
 import { fingerprintOf, x509 } from './x509.js';
 
@@ -24,7 +24,8 @@ import { fingerprintOf, x509 } from './x509.js';
  * (signIssuingRequest), and the fleet installs the certificate (importIssuingCa).
  */
 
-type Options = Omit<AuthorityOptions, 'hostnames'>;
+/** Where the root key is: its own data directory, no registry. */
+type Options = Omit<AuthorityOptions, 'hostnames' | 'pool'>;
 
 /** The shape of every issuing CA's subject; the root signs nothing else. */
 const ISSUING_SUBJECT = /^CN=fleet-auth Issuing CA \d+, O=fleet-auth$/;
@@ -40,12 +41,9 @@ export interface IssuingRequest {
  * The next issuing CA's key, made where the key store keeps issuing keys (or the one an earlier
  * request made, so asking again rewrites the same CSR), and its PKCS#10 request signed by that key.
  */
-export async function requestIssuingCa(options: Options): Promise<IssuingRequest> {
-  const { dir, keys } = await openPkiDir(options);
-  if (!existsSync(rootCertFile(dir))) {
-    throw new FleetError('root_not_found', 404, `there is no root CA certificate (root.crt) in ${dir}; start the fleet once, or copy root.crt there`);
-  }
-  const generation = await nextGeneration(dir);
+export async function requestIssuingCa(options: RegistryCaOptions): Promise<IssuingRequest> {
+  const { keys } = await openPkiDir(options);
+  const generation = nextGenerationOf(await requireRegistrySet(options.pool));
   const signer = await issuingKey(keys, generation);
   const { crypto, signingKey, signingAlgorithm } = x509Signing(signer);
   const csr = await x509.Pkcs10CertificateRequestGenerator.create(
@@ -99,28 +97,29 @@ export interface ImportedIssuer {
  * Installs the certificate signIssuingRequest made: it must be an issuing CA certificate from our
  * root, for the key requestIssuingCa made, under the subject it asked for, and valid now.
  */
-export async function importIssuingCa(options: Options, certificatePem: string): Promise<ImportedIssuer> {
+export async function importIssuingCa(options: RegistryCaOptions, certificatePem: string): Promise<ImportedIssuer> {
   const { dir, keys, now } = await openPkiDir(options);
-  const root = await readCertificate(rootCertFile(dir));
-  const generation = await nextGeneration(dir);
-  const signer = await keys.signer(issuerFileName(generation), ISSUING_CURVE);
-  if (!signer) {
-    throw new FleetError('no_pending_issuer', 409, `no issuing CA is waiting for its certificate (there is no key for issuing CA ${generation}); run fleet ca rotate --csr <file> first`);
-  }
   const certificate = parseCertificate(certificatePem);
   const refuse = (reason: string) => {
     throw new FleetError('issuer_certificate_refused', 400, `${reason}; nothing was installed`);
   };
-  const fromRoot = certificate.issuer === root.subject && (await certificate.verify({ publicKey: root.publicKey, signatureOnly: true }));
-  if (!fromRoot) refuse(`the certificate is not signed by this fleet's root CA (${root.subject}, SHA-256 ${fingerprintOf(root)})`);
-  if (!signerMatches(signer, certificate)) refuse(`the certificate is for another key than issuing CA ${generation}'s (${signer.location})`);
-  if (certificate.subject !== issuingSubject(generation)) refuse(`the certificate names "${certificate.subject}", not "${issuingSubject(generation)}"`);
-  if (!certificate.getExtension(x509.BasicConstraintsExtension)?.ca) refuse('the certificate is not a CA certificate');
-  const at = now();
-  if (at < certificate.notBefore || at > certificate.notAfter) refuse(`the certificate is valid from ${certificate.notBefore.toISOString()} to ${certificate.notAfter.toISOString()}, not now`);
-  await installIssuingCertificate(dir, generation, certificate);
-  options.log.info({ subject: certificate.subject, keyLocation: signer.location }, 'installed issuing CA');
-  return { generation, certificate, keyId: keyIdOf(certificate) };
+  // Checked under the registry's lock, against its root and next generation, and stored with the announcement.
+  const installed = await addIssuingCa(options.pool, dir, 'imported', now, async ({ root }, generation) => {
+    const signer = await keys.signer(issuerFileName(generation), ISSUING_CURVE);
+    if (!signer) {
+      throw new FleetError('no_pending_issuer', 409, `no issuing CA is waiting for its certificate (there is no key for issuing CA ${generation}); run fleet ca rotate --csr <file> first`);
+    }
+    const fromRoot = certificate.issuer === root.subject && (await certificate.verify({ publicKey: root.publicKey, signatureOnly: true }));
+    if (!fromRoot) refuse(`the certificate is not signed by this fleet's root CA (${root.subject}, SHA-256 ${fingerprintOf(root)})`);
+    if (!signerMatches(signer, certificate)) refuse(`the certificate is for another key than issuing CA ${generation}'s (${signer.location})`);
+    if (certificate.subject !== issuingSubject(generation)) refuse(`the certificate names "${certificate.subject}", not "${issuingSubject(generation)}"`);
+    if (!certificate.getExtension(x509.BasicConstraintsExtension)?.ca) refuse('the certificate is not a CA certificate');
+    const at = now();
+    if (at < certificate.notBefore || at > certificate.notAfter) refuse(`the certificate is valid from ${certificate.notBefore.toISOString()} to ${certificate.notAfter.toISOString()}, not now`);
+    options.log.info({ subject: certificate.subject, keyLocation: signer.location }, 'installed issuing CA');
+    return { certificate, signer };
+  });
+  return { generation: installed.generation, certificate, keyId: installed.keyId };
 }
 
 function parseCertificate(pem: string): x509.X509Certificate {
