@@ -25,7 +25,7 @@ export class RegistryUnavailable extends Error {
 
 export interface IdentityResolverOptions {
   pool: pg.Pool;
-  changes: ChangeFollower;
+  changes: Pick<ChangeFollower, 'live' | 'epoch' | 'lostSince'>;
   cache: IdentityCache;
   /** How long after the change feed was lost a cached identity may still admit a new connection. */
   staleGraceMs: number;
