@@ -82,14 +82,22 @@ export function createBrokerMetrics(): BrokerMetrics {
     help: 'Device events (connects, disconnects, refusals) not recorded because the pending buffer was full.',
     registers: [registry],
   });
-  // Both series exist from the start, so a rate() over them is 0 rather than absent.
+  // Children bound once, so a count is an increment and not a label lookup. Both denial series exist
+  // from the start, so a rate() over them is 0 rather than absent.
+  const denied: Record<DeniedAction, { inc(): void }> = { publish: denials.labels('publish'), subscribe: denials.labels('subscribe') };
   denials.inc({ action: 'publish' }, 0);
   denials.inc({ action: 'subscribe' }, 0);
+  const refusedBy = new Map<string, { inc(): void }>();
+  const refusedChild = (reason: string) => {
+    let child = refusedBy.get(reason);
+    if (!child) refusedBy.set(reason, (child = refusals.labels(reason)));
+    return child;
+  };
 
   return {
     registry,
-    refused: (reason) => refusals.inc({ reason }),
-    denied: (action) => denials.inc({ action }),
+    refused: (reason) => refusedChild(reason).inc(),
+    denied: (action) => denied[action].inc(),
     connected() {
       sessions.inc();
       admitted.inc();

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,7 +7,11 @@ import { after, before, test } from 'node:test';
 import { ensureDataDir } from '../core/db/database.js';
 import { type EmbeddedDatabase, openEmbeddedDatabase } from '../core/db/embedded.js';
 import { silentLogger } from '../core/log.js';
+import pg from 'pg';
 import { resumeDevice, suspendDevice } from '../core/registry/index.js';
+import { normalizeFingerprint } from '../core/pki/x509.js';
+import { IdentityCache } from '../broker/identity-cache.js';
+import { identityResolver, RegistryUnavailable } from '../broker/identity.js';
 import { connectDevice } from './support/mqtt.js';
 import { type EnrolledDevice, startTestFleet, type TestFleet } from './support/fleet.js';
 import { eventually } from './support/wait.js';
@@ -63,9 +68,12 @@ test('past the cache size the least recently used identity is evicted and looked
 });
 
 test('after the stale grace, a cached identity is refused too', async () => {
-  offsetMs += GRACE_MS - 1000;
+  // The grace runs from when the feed was lost, on the fleet's clock: set the clock from there, since
+  // the real time the first test took after the loss counts too (seconds on a busy machine).
+  const lost = t.fleet.changes.lostSince!;
+  offsetMs = lost + GRACE_MS - 10_000 - Date.now();
   assert.equal(await attempt('cache-b'), 'connected', 'still within the grace');
-  offsetMs += 2000;
+  offsetMs += 20_000;
   const before = unavailable();
   assert.equal(await attempt('cache-b'), 'refused', 'the grace is over: nothing is admitted unchecked');
   assert.equal(unavailable(), before + 1);
@@ -85,4 +93,32 @@ test('with the registry back, an evicted identity is read again and reflects wha
   await resumeDevice(t.fleet.db.pool, actor);
   await eventually(() => heard.includes('cache-a device_resumed'), 'the broker heard of the resumption');
   assert.equal(await attempt('cache-a'), 'connected');
+});
+
+test('cache misses that arrive together share registry queries, and each gets its own identity', async () => {
+  // A pool of the test's own, so every query it counts is the resolver's.
+  const pool = new pg.Pool({ connectionString: database.url, max: 4 });
+  let queries = 0;
+  pool.on('acquire', () => queries++);
+  const resolverOn = (on: pg.Pool) => identityResolver({ pool: on, changes: t.fleet.changes, cache: new IdentityCache(10), staleGraceMs: GRACE_MS, now: Date.now });
+  const resolve = resolverOn(pool);
+  const fingerprintOf = (id: string) => normalizeFingerprint(new X509Certificate(devices[id]!.certificatePem).fingerprint256);
+  const unknown = 'f'.repeat(64);
+  const asked = ['cache-a', 'cache-b', 'cache-c', 'cache-a', 'cache-b', 'cache-c', 'cache-c', 'cache-b', 'cache-a', null, 'cache-a', null];
+  try {
+    const answers = await Promise.all(asked.map((id) => resolve(id ? fingerprintOf(id) : unknown)));
+    assert.deepEqual(
+      answers.map((identity) => identity?.deviceId ?? null),
+      asked,
+      'each caller gets the identity of its own fingerprint, and an unknown one gets none',
+    );
+    // Two queries go at once (one miss each); the other ten misses wait for them and share the third.
+    assert.equal(queries, 3);
+  } finally {
+    await pool.end();
+  }
+  // A batch that fails fails every caller in it, closed (a fresh resolver: nothing cached to fall back on).
+  const unreachable = resolverOn(pool);
+  const refused = await Promise.allSettled(['cache-a', 'cache-b', 'cache-c'].map((id) => unreachable(fingerprintOf(id))));
+  for (const outcome of refused) assert.ok(outcome.status === 'rejected' && outcome.reason instanceof RegistryUnavailable);
 });

@@ -159,7 +159,7 @@ test('changes that cannot be replayed drop the identity cache, and the log says 
 async function waitingLookups(admin: pg.Client): Promise<number> {
   const { rows } = await admin.query(
     `SELECT count(*)::int AS n FROM pg_stat_activity
-     WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE '%c.fingerprint = $1%'`,
+     WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE '%c.fingerprint = ANY($1%'`,
     [CONNECTIONS.broker.applicationName],
   );
   return rows[0].n;

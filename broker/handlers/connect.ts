@@ -111,8 +111,13 @@ export function connectHandlers(deps: ConnectDeps): Required<Pick<AedesOptions, 
     const session = deps.admitted.admit(client, tracked, rulesFor(deps.policy, identity!), peer);
     deps.opened(client, session);
     deps.metrics.connected();
-    deps.presence.connected(identity!.deviceId, identity!.serial, peer ?? null);
     deps.events.connected(identity!.deviceId, identity!.serial, peer ?? null);
+    // Presence (a retained publish and a lifecycle event) waits until CONNACK is out: the device's
+    // answer waits for nothing but the decision. A session that closed before then was never online.
+    const { deviceId, serial } = identity!;
+    client.once('connected', () => {
+      if (!client.closed) deps.presence.connected(deviceId, serial, peer ?? null);
+    });
     return undefined;
   }
 

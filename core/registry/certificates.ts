@@ -58,6 +58,9 @@ const IDENTITY_COLUMNS = `
 const SELECT_IDENTITY_BY_FINGERPRINT = `
   SELECT ${IDENTITY_COLUMNS} FROM certificates c JOIN devices d ON d.id = c.device_id WHERE c.fingerprint = $1`;
 
+const SELECT_IDENTITIES_BY_FINGERPRINTS = `
+  SELECT c.fingerprint, ${IDENTITY_COLUMNS} FROM certificates c JOIN devices d ON d.id = c.device_id WHERE c.fingerprint = ANY($1::text[])`;
+
 export const SELECT_IDENTITY_BY_FINGERPRINT_FOR_UPDATE = `${SELECT_IDENTITY_BY_FINGERPRINT} FOR UPDATE OF c, d`;
 
 const SELECT_CERTIFICATE = `
@@ -113,6 +116,15 @@ export const toIdentity = (r: Record<string, any>): CertificateIdentity => ({
 export async function findIdentityByFingerprint(q: Queryable, fingerprint: string): Promise<CertificateIdentity | undefined> {
   const { rows } = await q.query(SELECT_IDENTITY_BY_FINGERPRINT, [fingerprint]);
   return rows[0] ? toIdentity(rows[0]) : undefined;
+}
+
+/**
+ * Several identities in one round trip (the broker's cache misses during a reconnect storm), by
+ * fingerprint; a fingerprint with no certificate is absent from the map.
+ */
+export async function findIdentitiesByFingerprints(q: Queryable, fingerprints: readonly string[]): Promise<Map<string, CertificateIdentity>> {
+  const { rows } = await q.query(SELECT_IDENTITIES_BY_FINGERPRINTS, [fingerprints]);
+  return new Map(rows.map((row) => [row.fingerprint as string, toIdentity(row)]));
 }
 
 export interface CertificateDetails extends CertificateSummary {
