@@ -72,6 +72,17 @@ async function startNode(dataDir: string, env: Record<string, string>): Promise<
   }
 }
 
+/** Waits for `promise`, failing the test (rather than hanging it) when it has not settled after a generous bound. */
+async function within<T>(promise: Promise<T>, what: string, ms = 15_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([promise, bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function api(node: Node, method: string, pathname: string, json?: unknown) {
   return httpsRequest(`https://localhost:${node.apiPort}${pathname}`, {
     method,
@@ -145,7 +156,7 @@ describe('brokers sharing state through Redis', () => {
     // Each revoked through the other node's API: the change feed carries it to every broker process.
     assert.equal((await api(nodeB, 'POST', '/v1/devices/cl-valve-a/revoke', { reason: 'keyCompromise' })).status, 200);
     assert.equal((await api(nodeA, 'POST', '/v1/devices/cl-valve-b/revoke', { reason: 'keyCompromise' })).status, 200);
-    await Promise.all([closed(onA.client), closed(onB.client)]);
+    await within(Promise.all([closed(onA.client), closed(onB.client)]), 'both sessions closed');
   });
 
   test('a second connection of a client id on node B closes the first one on node A', async () => {
@@ -155,7 +166,7 @@ describe('brokers sharing state through Redis', () => {
     const firstClosed = closed(first.client);
     const second = await connectDevice(nodeB.brokerPort, 'cl-meter-1', tls);
     assert.equal(second.outcome, 'connected');
-    await firstClosed;
+    await within(firstClosed, 'the session on node A closed');
     assert.equal(second.client.connected, true, 'the new session stays');
     second.client.end(true);
   });
