@@ -34,6 +34,8 @@ export interface SharedState {
 
 interface RedisEmitter {
   state: NodeJS.EventEmitter;
+  subConn: { disconnect(): void };
+  pubConn: { disconnect(): void };
   close(cb: () => void): void;
 }
 
@@ -86,7 +88,9 @@ export async function connectSharedState(url: string, log: Logger): Promise<Shar
   try {
     await bothConnected(mq.state, CONNECT_TIMEOUT_MS);
   } catch (error) {
-    await new Promise<void>((resolve) => mq.close(() => resolve()));
+    // close() would QUIT and wait for an answer that never comes; this stops ioredis reconnecting.
+    mq.subConn.disconnect();
+    mq.pubConn.disconnect();
     throw new FleetError(
       'redis_unreachable',
       1,
