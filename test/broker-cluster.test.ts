@@ -4,6 +4,7 @@ import { cp, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ConfigError, loadConfig } from '../core/config.js';
 import { projectRoot } from '../core/paths.js';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { FLEET_BIN, fleetCommand, fleetEnv } from './support/cli.js';
@@ -124,6 +125,14 @@ after(async () => {
   }
   await database?.close();
   await dirs.removeAll();
+});
+
+test('more than one broker worker without Redis is refused, saying to set FLEET_REDIS_URL', () => {
+  assert.throws(() => loadConfig({ FLEET_BROKER_WORKERS: '2' }), (error: Error) => error instanceof ConfigError && /FLEET_REDIS_URL must be set/.test(error.message));
+  assert.equal(loadConfig({}).brokerWorkers, 1, 'without Redis: one broker process, as before');
+  assert.equal(loadConfig({ FLEET_REDIS_URL: REDIS_URL, FLEET_BROKER_WORKERS: '3' }).brokerWorkers, 3);
+  assert.throws(() => loadConfig({ FLEET_BROKER_WORKERS: '0' }), ConfigError);
+  assert.throws(() => loadConfig({ FLEET_REDIS_URL: 'http://127.0.0.1:6379' }), ConfigError);
 });
 
 describe('brokers sharing state through Redis', () => {
