@@ -72,8 +72,15 @@ export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { 
     return worker;
   };
 
+  // A Ctrl-C or a service manager's SIGTERM reaches the workers too (one process group), and they stop
+  // by themselves: from then on none is restarted, though the primary stops them only later.
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  const noRestarts = () => void (stopping = true);
+  for (const signal of signals) process.on(signal, noRestarts);
+
   const stopAll = async () => {
     stopping = true;
+    for (const signal of signals) process.off(signal, noRestarts);
     tickets.stop();
     await Promise.all([...live].map(stopWorker));
   };
