@@ -4,6 +4,7 @@ import { cp, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { rotateTicketKeys, TICKET_KEY_BYTES, ticketKeysOf } from '../broker/session-tickets.js';
 import { ConfigError, loadConfig } from '../core/config.js';
 import { projectRoot } from '../core/paths.js';
 import { createDeviceIdentity } from '../device-sim/identity.js';
@@ -135,6 +136,21 @@ test('more than one broker worker without Redis is refused, saying to set FLEET_
   assert.throws(() => loadConfig({ FLEET_REDIS_URL: 'http://127.0.0.1:6379' }), ConfigError);
 });
 
+test('ticket keys: 48 random bytes, replaced on schedule and sent on; a malformed message carries none', () => {
+  const sent: Buffer[] = [];
+  let tick: () => void = () => assert.fail('no schedule');
+  const rotation = rotateTicketKeys({ rotated: (m) => sent.push(ticketKeysOf(m)!), every: (_ms, fn) => ((tick = fn), () => {}) });
+  const first = ticketKeysOf(rotation.message());
+  assert.equal(first?.length, TICKET_KEY_BYTES);
+  tick();
+  assert.equal(sent.length, 1);
+  assert.notDeepEqual(sent[0], first, 'a rotation makes new keys');
+  assert.deepEqual(ticketKeysOf(rotation.message()), sent[0], 'a worker starting now gets the new keys');
+  for (const bad of [undefined, 'keys', { type: 'fleet:ticket-keys', keys: Buffer.alloc(47).toString('base64') }, { type: 'other', keys: first!.toString('base64') }]) {
+    assert.equal(ticketKeysOf(bad), undefined);
+  }
+});
+
 describe('brokers sharing state through Redis', () => {
   test('node A runs two broker workers on one port', () => {
     const listening = nodeA.output().split('\n').find((line) => line.includes('broker workers listening'));
@@ -200,5 +216,26 @@ describe('brokers sharing state through Redis', () => {
       await closed(again.client);
     }
     assert.deepEqual(resumed, [true, true, true, true, true, true]);
+  });
+
+  test('a broker worker that dies is replaced, and node A keeps admitting devices', async () => {
+    const listening = nodeA.output().split('\n').find((line) => line.includes('broker workers listening'))!;
+    const [victim] = (JSON.parse(listening) as { pids: number[] }).pids;
+    process.kill(victim!, 'SIGKILL');
+    await within(
+      (async () => {
+        while (!nodeA.output().includes('a broker worker exited; starting another')) await sleep(50);
+        // The replacement's own line: its broker listens on the shared port.
+        while (nodeA.output().split('MQTT broker listening').length < 4) await sleep(50);
+      })(),
+      'a new worker listening',
+    );
+    const tls = await enroll('cl-tank-1');
+    for (let i = 0; i < 4; i++) {
+      const again = await connectDevice(nodeA.brokerPort, 'cl-tank-1', tls);
+      assert.equal(again.outcome, 'connected');
+      again.client.end(true);
+      await closed(again.client);
+    }
   });
 });
