@@ -13,6 +13,7 @@ import { scratchDatabase } from './support/fleet.js';
 import { httpsRequest } from './support/http.js';
 import { closed, connectDevice, type DeviceTls, nextMessage } from './support/mqtt.js';
 import { tempDirs } from './support/temp.js';
+import { eventually } from './support/wait.js';
 
 /*
  * Two fleet-auth nodes on one registry and one Redis, each a real `fleet start`: node A runs its
@@ -222,14 +223,9 @@ describe('brokers sharing state through Redis', () => {
     const listening = nodeA.output().split('\n').find((line) => line.includes('broker workers listening'))!;
     const [victim] = (JSON.parse(listening) as { pids: number[] }).pids;
     process.kill(victim!, 'SIGKILL');
-    await within(
-      (async () => {
-        while (!nodeA.output().includes('a broker worker exited; starting another')) await sleep(50);
-        // The replacement's own line: its broker listens on the shared port.
-        while (nodeA.output().split('MQTT broker listening').length < 4) await sleep(50);
-      })(),
-      'a new worker listening',
-    );
+    await eventually(() => nodeA.output().includes('a broker worker exited; starting another'), 'the primary noticed the dead worker');
+    // The replacement's own line: its broker listens on the shared port (two lines were there before).
+    await eventually(() => nodeA.output().split('MQTT broker listening').length === 4, 'a new worker listening');
     const tls = await enroll('cl-tank-1');
     for (let i = 0; i < 4; i++) {
       const again = await connectDevice(nodeA.brokerPort, 'cl-tank-1', tls);
