@@ -142,6 +142,8 @@ export interface FrontDoorOptions {
   maxConnections?: number;
   /** The open-file limit; read from /proc/self/limits when not given. */
   openFiles?: number;
+  /** Session-ticket keys (48 bytes), shared by broker workers so a session resumes on any of them; random when not given. */
+  ticketKeys?: Buffer;
   schedule?: Schedule;
 }
 
@@ -154,6 +156,8 @@ export interface FrontDoor {
   admitted(socket: object): void;
   /** Takes up the CA's current trust for new handshakes. */
   reloadTrust(): void;
+  /** New session-ticket keys for new handshakes (a rotation); tickets under the old keys get a full handshake. */
+  setTicketKeys(keys: Buffer): void;
   /** Closes every connection the front door accepted (at shutdown, after MQTT closed its sessions). */
   destroyAll(): void;
 }
@@ -169,7 +173,7 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
   const { log } = deps;
   const schedule = options.schedule ?? realSchedule;
   const judge = issuanceCheck(deps.ca);
-  const ticketKeys = randomBytes(48);
+  let ticketKeys = options.ticketKeys ?? randomBytes(48);
   let context = brokerSecureContext(deps.ca, ticketKeys);
   const open = new Set<net.Socket>();
   const deadlines = new Map<object, () => void>();
@@ -291,6 +295,10 @@ export function createFrontDoor(deps: FrontDoorDeps, options: FrontDoorOptions):
       deadlines.delete(socket);
     },
     reloadTrust() {
+      context = brokerSecureContext(deps.ca, ticketKeys);
+    },
+    setTicketKeys(keys) {
+      ticketKeys = keys;
       context = brokerSecureContext(deps.ca, ticketKeys);
     },
     destroyAll() {

@@ -116,6 +116,12 @@ export function createBrokerMetrics(): BrokerMetrics {
   };
 }
 
+/** What GET /metrics serves: a registry, or several added up. */
+export interface MetricsText {
+  contentType: string;
+  metrics(): Promise<string>;
+}
+
 export interface MetricsServer {
   port: number;
   close(): Promise<void>;
@@ -125,7 +131,7 @@ export interface MetricsServer {
  * Serves GET /metrics over plain HTTP for a local Prometheus. Plain on purpose: it carries counts,
  * no identities, and binds to loopback unless told otherwise (FLEET_METRICS_HOST).
  */
-export async function startMetricsServer(registry: Registry, options: { host: string; port: number; log: Logger }): Promise<MetricsServer> {
+export async function startMetricsServer(registry: MetricsText, options: { host: string; port: number; log: Logger }): Promise<MetricsServer> {
   const server = http.createServer((req, res) => {
     const pathname = new URL(req.url ?? '/', 'http://metrics').pathname;
     if (pathname !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {

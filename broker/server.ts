@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { Aedes } from 'aedes';
 import type pg from 'pg';
@@ -38,6 +39,8 @@ export interface BrokerDeps {
   log: Logger;
   /** Load balancers (FLEET_TRUSTED_PROXIES) whose connections start with a PROXY header naming the device. */
   proxies?: { trusts(address: string | undefined): boolean };
+  /** aedes' emitter and persistence shared with other broker processes (broker/shared-state.ts); in memory when not given. */
+  shared?: { mq: unknown; persistence: unknown };
 }
 
 export interface BrokerOptions {
@@ -56,6 +59,8 @@ export interface BrokerOptions {
   maxConnections?: number;
   maxPacketBytes?: number;
   keepaliveMaxSeconds?: number;
+  /** Session-ticket keys (48 bytes) shared with the other broker workers; random when not given. */
+  ticketKeys?: Buffer;
 }
 
 export interface RunningBroker {
@@ -67,6 +72,8 @@ export interface RunningBroker {
   maxConnections: number;
   /** Takes up the CA's current trust bundle for new handshakes, without a restart. */
   reloadTrust(): void;
+  /** Replaces the session-ticket keys (a rotation by the primary). */
+  setTicketKeys(keys: Buffer): void;
   /** Whether it still accepts connections: part of the API's readiness. */
   listening(): boolean;
   close(): Promise<void>;
@@ -88,7 +95,13 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   // The hooks need presence, and presence publishes through aedes: build aedes first, then hook it up.
   // The front door's deadline (from the TCP accept) closes a connection without an admitted CONNECT;
   // aedes' own timer (from its handle()) is only a backstop, so it gets twice as long.
-  const aedes = new Aedes({ id: 'fleet-auth', maxClientsIdLength: 128, connectTimeout: 2 * (options.connectTimeoutMs ?? 10_000) });
+  // Brokers sharing an emitter tell each other of new clients under their aedes id ($SYS/<id>/new/clients),
+  // and each closes its own session of a client id another one announced: so each needs an id of its own.
+  const aedes = new Aedes({
+    id: deps.shared ? `fleet-auth-${randomUUID()}` : 'fleet-auth',
+    ...(deps.shared ? { mq: deps.shared.mq, persistence: deps.shared.persistence } : {}),
+    maxClientsIdLength: 128, connectTimeout: 2 * (options.connectTimeoutMs ?? 10_000),
+  });
   const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
   // DeviceSessions tells the close handler of each session it ends (only ever after both exist).
   const sessions = new DeviceSessions(deps.scheduler, (session, reason) => close.closedByBroker(session, reason));
@@ -135,6 +148,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       connectRate: options.connectRate ?? 50,
       connectBurst: options.connectBurst ?? 100,
       maxConnections: options.maxConnections,
+      ticketKeys: options.ticketKeys,
     },
   );
   // CONNACK sent: the connection made it in time.
@@ -159,6 +173,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     refusals: refusals.counts,
     maxConnections: frontDoor.maxConnections,
     reloadTrust: () => frontDoor.reloadTrust(),
+    setTicketKeys: (keys) => frontDoor.setTicketKeys(keys),
     listening: () => front.listening,
     async close() {
       // Stop accepting, end the sessions (their presence and events are recorded), then write what is pending.

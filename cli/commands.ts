@@ -4,7 +4,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { type FleetConfig, loadConfig } from '../core/config.js';
 import { type Database, openDatabase } from '../core/db/database.js';
 import { FleetError, fileProblem } from '../core/errors.js';
-import { startFleet, rootCertificatePath } from './start.js';
+import { startFleet, startFleetWithWorkers, rootCertificatePath } from './start.js';
 import { registerRotationCommands } from './ca-commands.js';
 import { registerEventCommands } from './events-commands.js';
 import { registerListCommands } from './list-commands.js';
@@ -68,7 +68,7 @@ export function registerCommands(program: Command): void {
       await holdDataDir(config);
       const log = logTo(1, config.logLevel, config.logFormat);
       // Signals are handled from the start: one during startup stops what has started, database included.
-      const starting = startFleet(config, log).catch((error: unknown) => {
+      const starting = (config.brokerWorkers > 1 ? startFleetWithWorkers(config, log) : startFleet(config, log)).catch((error: unknown) => {
         throw explainListenFailure(error, config);
       });
       stopOnSignals(async () => (await starting).close(), log);

@@ -9,7 +9,9 @@ import {
   keepDeviceEventsFor,
 } from '../core/registry/index.js';
 import { dashboardRoutes } from '../dashboard-api/app.js';
-import { createBrokerMetrics, startMetricsServer } from '../broker/metrics.js';
+import { AggregatorRegistry, Registry } from 'prom-client';
+import { type BrokerMetrics, createBrokerMetrics, type MetricsText, startMetricsServer } from '../broker/metrics.js';
+import { connectSharedState } from '../broker/shared-state.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { closeSessionsOfRetiredIssuers } from '../broker/retirement.js';
 import { startBroker, type RunningBroker } from '../broker/server.js';
@@ -23,19 +25,32 @@ import type { Logger } from '../core/log.js';
 import { type CertificateAuthority, loadAuthority } from '../core/pki/authority.js';
 import { keyTypeOfPem } from '../core/pki/key-kinds.js';
 import { createScheduler, type Scheduler } from '../core/scheduler.js';
+import { startBrokerWorkers } from './broker-workers.js';
 import { caKeyStore, rootKeyFile, warnAboutCaKeys } from './ca-keys.js';
 import type { AuditEnvironment } from '../dashboard-api/audits/index.js';
 
 export { caKeyStore };
 
-export interface RunningFleet {
+/** What the rest of `fleet start` needs of its broker, in this process or in workers. */
+export interface BrokerPart {
+  port: number;
+  listening(): boolean;
+  /** The CA reloaded its issuing CAs (a rotation or retirement in any process). */
+  caReloaded(): void;
+  close(): Promise<void>;
+}
+
+/** The broker in this process, as `fleet start` and each broker worker run it. */
+export type LocalBroker = RunningBroker & BrokerPart;
+
+export interface RunningFleet<B extends BrokerPart = LocalBroker> {
   db: Database;
   /** Undefined when metrics are turned off. */
   metricsPort: number | undefined;
   changes: ChangeFollower;
   ca: CertificateAuthority;
   api: RunningApi;
-  broker: RunningBroker;
+  broker: B;
   close(): Promise<void>;
 }
 
@@ -45,14 +60,111 @@ export interface FleetHooks {
   waitToReconnect?: ChangeFeedOptions['waitToReconnect'];
 }
 
+/** What a broker is started with, beside the configuration. */
+export interface BrokerParts {
+  db: Database;
+  ca: CertificateAuthority;
+  changes: ChangeFollower;
+  metrics: BrokerMetrics;
+  clock: () => Date;
+  scheduler: Scheduler;
+  log: Logger;
+}
+
 /** Database, CA, provisioning API and broker in one process: what `fleet start` runs. */
-export async function startFleet(
+export function startFleet(
   config: FleetConfig,
   log: Logger,
   clock: () => Date = () => new Date(),
   scheduler: Scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a session deadline failed') }),
   hooks: FleetHooks = {},
 ): Promise<RunningFleet> {
+  return startFleetWith(config, log, clock, scheduler, hooks, (parts) => startLocalBroker(config, parts));
+}
+
+/**
+ * `fleet start` with FLEET_BROKER_WORKERS above 1: the API, PKI listener and metrics here, and the
+ * broker in that many worker processes sharing one listening port (cli/broker-workers.ts).
+ */
+export function startFleetWithWorkers(config: FleetConfig, log: Logger): Promise<RunningFleet<BrokerPart>> {
+  const clock = () => new Date();
+  const scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a scheduled task failed') });
+  return startFleetWith(config, log, clock, scheduler, {}, ({ db }) => startBrokerWorkers(config, log, { databaseUrl: db.url }), workerMetricsSource);
+}
+
+/**
+ * The broker in this process: its state shared through Redis when FLEET_REDIS_URL is set, and what it
+ * does when the CA reloads. `ticketKeys` come from the primary in a broker worker.
+ */
+export async function startLocalBroker(config: FleetConfig, parts: BrokerParts, ticketKeys?: Buffer): Promise<LocalBroker> {
+  const { db, ca, changes, metrics, clock, scheduler, log } = parts;
+  const shared = config.redisUrl === undefined ? undefined : await connectSharedState(config.redisUrl, log);
+  try {
+    const broker = await startBroker(
+      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile), shared, proxies: trustedProxies(config.proxy) },
+      {
+        host: config.listenHost,
+        port: config.brokerPort,
+        cacheSize: config.brokerCacheSize,
+        staleGraceMs: config.brokerStaleGraceMs,
+        connectTimeoutMs: config.brokerConnectTimeoutMs,
+        connectRate: config.brokerConnectRate,
+        connectBurst: config.brokerConnectBurst,
+        maxConnections: config.brokerMaxConnections,
+        maxPacketBytes: config.brokerMaxPacketBytes,
+        keepaliveMaxSeconds: config.brokerKeepaliveMaxSeconds,
+        ticketKeys,
+      },
+    );
+    const close = broker.close;
+    return Object.assign(broker, {
+      caReloaded() {
+        broker.reloadTrust();
+        closeSessionsOfRetiredIssuers(broker.sessions, ca.issuers.map((i) => i.certificate.subject), { metrics, log });
+      },
+      async close() {
+        await close();
+        await shared?.close();
+      },
+    });
+  } catch (error) {
+    await shared?.close();
+    throw error;
+  }
+}
+
+/** What GET /metrics serves: one registry, or (with workers) the API's and the workers' added up. */
+type MetricsSource = (metrics: BrokerMetrics) => MetricsText;
+
+const ownMetrics: MetricsSource = (metrics) => metrics.registry;
+
+/**
+ * With workers the broker's figures are theirs: prom-client's AggregatorRegistry asks each over IPC
+ * and adds them up (process_* and nodejs_* summed over the workers). The primary adds its API's own.
+ */
+const workerMetricsSource: MetricsSource = (metrics) => {
+  const workers = new AggregatorRegistry();
+  const api = new Registry();
+  // The API's counters only: the broker's and the process metrics in this registry are the primary's, not the broker's.
+  for (const { name } of metrics.registry.getMetricsAsArray()) {
+    const metric = metrics.registry.getSingleMetric(name);
+    if (metric && name.startsWith('fleet_api_')) api.registerMetric(metric);
+  }
+  return {
+    contentType: workers.contentType,
+    metrics: async () => (await api.metrics()) + (await workers.clusterMetrics()),
+  };
+};
+
+async function startFleetWith<B extends BrokerPart>(
+  config: FleetConfig,
+  log: Logger,
+  clock: () => Date,
+  scheduler: Scheduler,
+  hooks: FleetHooks,
+  startBrokers: (parts: BrokerParts) => Promise<B>,
+  metricsSource: MetricsSource = ownMetrics,
+): Promise<RunningFleet<B>> {
   await ensureDataDir(config.dataDir);
   const db = await openDatabase(config, log);
   const started: { close(): Promise<void> }[] = [db];
@@ -66,8 +178,11 @@ export async function startFleet(
     warnAboutCaKeys(keyStore, config, log);
     const policy = policyFromConfig(config);
     const metrics = createBrokerMetrics();
+    const apiMetrics = createApiMetrics(metrics.registry);
     const metricsServer =
-      config.metricsPort === undefined ? undefined : await startMetricsServer(metrics.registry, { host: config.metricsHost, port: config.metricsPort, log });
+      config.metricsPort === undefined
+        ? undefined
+        : await startMetricsServer(metricsSource(metrics), { host: config.metricsHost, port: config.metricsPort, log });
     if (metricsServer) started.push(metricsServer);
     const changes = followRegistryChanges({
       connection: db.changeFeedConnection,
@@ -79,21 +194,7 @@ export async function startFleet(
     await changes.ready;
     // One list of trusted proxies: the API believes their forwarded certificates, the broker their PROXY headers.
     const proxies = trustedProxies(config.proxy);
-    const broker = await startBroker(
-      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile), proxies },
-      {
-        host: config.listenHost,
-        port: config.brokerPort,
-        cacheSize: config.brokerCacheSize,
-        staleGraceMs: config.brokerStaleGraceMs,
-        connectTimeoutMs: config.brokerConnectTimeoutMs,
-        connectRate: config.brokerConnectRate,
-        connectBurst: config.brokerConnectBurst,
-        maxConnections: config.brokerMaxConnections,
-        maxPacketBytes: config.brokerMaxPacketBytes,
-        keepaliveMaxSeconds: config.brokerKeepaliveMaxSeconds,
-      },
-    );
+    const broker = await startBrokers({ db, ca, changes, metrics, clock, scheduler, log });
     started.push(broker);
     const retention = keepDeviceEventsFor({ pool: db.pool, scheduler, clock, log, retentionMs: config.eventRetentionMs });
     started.push({ close: async () => retention.stop() });
@@ -107,7 +208,7 @@ export async function startFleet(
         clock,
         log,
         limits: config.apiLimits,
-        metrics: createApiMetrics(metrics.registry),
+        metrics: apiMetrics,
         readiness: { broker: broker.listening },
         trustedProxies: proxies,
       },
@@ -126,9 +227,8 @@ export async function startFleet(
     changes.onCaChange(() => {
       ca.reload()
         .then(() => {
-          broker.reloadTrust();
+          broker.caReloaded();
           api.reloadTrust();
-          closeSessionsOfRetiredIssuers(broker.sessions, ca.issuers.map((i) => i.certificate.subject), { metrics, log });
           log.info({ issuing: ca.current.certificate.subject, trusted: ca.issuers.length }, 'CA reloaded');
         })
         .catch((error) => log.error({ err: error }, 'reloading the CA failed; still using the issuing CAs loaded before'));

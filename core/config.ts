@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
@@ -59,6 +60,10 @@ export interface FleetConfig {
   brokerMaxPacketBytes: number;
   /** The longest MQTT keepalive a device may ask for, in seconds; 0 accepts any. */
   brokerKeepaliveMaxSeconds: number;
+  /** Redis that broker processes and machines share subscriptions and retained messages through; unset keeps them in memory. */
+  redisUrl: string | undefined;
+  /** Broker processes on this machine sharing one listener; more than one needs `redisUrl`. */
+  brokerWorkers: number;
   /** How long device events (connects, refusals, revocations…) are kept before they are deleted. */
   eventRetentionMs: number;
   /** Server-Sent Event streams (GET /v1/events) one process serves at once. */
@@ -183,6 +188,8 @@ const schema = z.object({
   FLEET_BROKER_MAX_PACKET_BYTES: z.coerce.number().int().min(1024).max(268_435_460).default(262_144),
   // MQTT's keepalive field is 16 bits.
   FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
+  FLEET_REDIS_URL: z.url({ protocol: /^rediss?$/, error: 'a redis:// (or rediss://) URL such as redis://redis.internal:6379/0' }).optional(),
+  FLEET_BROKER_WORKERS: z.coerce.number().int().min(1, 'a whole number of broker processes, 1 or more').max(1024).optional(),
   FLEET_EVENT_RETENTION: duration('30d'),
   FLEET_EVENT_STREAMS_MAX: z.coerce.number().int().min(1).max(100_000).default(100),
   FLEET_API_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(1024),
@@ -223,6 +230,20 @@ function pkcs11Of(e: z.infer<typeof schema>): FleetConfig['caPkcs11'] {
   return { module, token, pin, keyLabel: e.FLEET_CA_PKCS11_KEY_LABEL };
 }
 
+/**
+ * Broker processes share sessions, subscriptions and retained messages only through Redis: without it
+ * a second process would be a broker of its own, where a revocation or a takeover would not reach.
+ */
+function brokerScaling(e: z.infer<typeof schema>): Pick<FleetConfig, 'redisUrl' | 'brokerWorkers'> {
+  const redisUrl = e.FLEET_REDIS_URL;
+  if (redisUrl === undefined && (e.FLEET_BROKER_WORKERS ?? 1) > 1) {
+    throw new ConfigError(
+      'Invalid configuration in the environment:\n  FLEET_BROKER_WORKERS is above 1, so FLEET_REDIS_URL must be set: broker processes share their state through Redis',
+    );
+  }
+  return { redisUrl, brokerWorkers: e.FLEET_BROKER_WORKERS ?? (redisUrl === undefined ? 1 : os.availableParallelism()) };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
   const parsed = schema.safeParse(env);
   if (!parsed.success) {
@@ -234,6 +255,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     throw new ConfigError('Invalid configuration in the environment:\n  FLEET_CERT_LIFETIME must lie between FLEET_CERT_LIFETIME_MIN and FLEET_CERT_LIFETIME_MAX');
   }
   return {
+    ...brokerScaling(e),
     dataDir: path.resolve(e.FLEET_DATA_DIR),
     databaseUrl: e.DATABASE_URL,
     listenHost: e.FLEET_LISTEN_HOST,
