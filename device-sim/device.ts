@@ -166,11 +166,14 @@ export class SimDevice {
 
   /**
    * Closed before CONNACK. The broker says nothing about why, so ask the registry as an operator
-   * would: a revoked or suspended device stops here instead of retrying forever.
+   * would: a revoked or suspended device stops here instead of retrying forever. Only after a
+   * completed handshake, since the broker judges the certificate after it: a connection refused,
+   * timed out or cut during the handshake (a broker restarting, a reconnect storm) says nothing
+   * about revocation, and thousands of such lookups would only load the backend further.
    */
   private async refused(handshakeDone: boolean): Promise<void> {
     countFailure(this.env.counters, handshakeDone ? 'refused_before_connack' : 'tls_handshake_failed');
-    if (await this.isRevoked()) return this.revoked();
+    if (handshakeDone && (await this.isRevoked())) return this.revoked();
     this.reconnectLater();
   }
 
