@@ -70,6 +70,9 @@ export class FleetProcess {
     private readonly log: WriteStream,
   ) {}
 
+  /** How the process ended (a signal name or exit code), once it has. */
+  exit: string | undefined;
+
   get pid(): number {
     return this.child.pid!;
   }
@@ -102,6 +105,7 @@ export class FleetProcess {
       throw error;
     }
     exited.catch(() => undefined);
+    child.once('exit', (code, signal) => (fleet.exit ??= signal ?? `code ${code}`));
     child.stdout!.off('data', watch);
     child.stderr!.off('data', watch);
     return fleet;
@@ -111,6 +115,7 @@ export class FleetProcess {
   async stop(signal: NodeJS.Signals): Promise<number> {
     const started = performance.now();
     if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.exit = `stopped by the benchmark (${signal})`;
       const exited = once(this.child, 'exit');
       this.child.kill(signal);
       await exited;

@@ -18,6 +18,8 @@ export class SimRun {
   /** When enrollment ended and the devices began to connect (performance.now()). */
   startedAt: number | undefined;
   readonly report: Promise<SimReport>;
+  /** Throws when something the run depends on is gone (the broker process), so no wait runs out its timeout. */
+  check: (() => void) | undefined;
   private readonly abort = new AbortController();
   private settled = false;
 
@@ -48,6 +50,7 @@ export class SimRun {
   async until(done: () => boolean | Promise<boolean>, timeoutMs: number, poll = 100): Promise<boolean> {
     const deadline = performance.now() + timeoutMs;
     while (!(await done())) {
+      this.check?.();
       if (this.settled) {
         await this.report;
         throw new Error('the simulation ended before the benchmark stopped it');
