@@ -55,9 +55,11 @@ export interface HoldFigures {
   /** The fewest connected at any report during the hold. */
   minHeld: number;
   brokerSessions: number;
-  /** Sessions that ended while held (not simulated link drops), and connections refused, by reason. */
+  /** Sessions the broker ended while held (simulated link drops are counted apart, as link_drop). */
   dropped: number;
-  refused: number;
+  /** Connections closed before CONNACK (refused or timed out, then retried) while the fleet came up, and while held. */
+  refusedConnecting: number;
+  refusedHeld: number;
   failures: Record<string, number>;
   brokerRefusals: Record<string, number>;
   brokerRssMiB: number;
@@ -130,8 +132,9 @@ export function markdownReport(r: ScaleReport): string {
     `| devices enrolled | ${r.enrollment.devices} in ${r.enrollment.seconds} s (${rate(r.enrollment.perSecond)}) |`,
     `| all connected (from the first connect) | ${s(h.connectSeconds)} at ${rate(h.averageConnectsPerSecond)} on ${h.workers} simulator process(es) |`,
     `| held after ${h.holdSeconds} s / fewest during the hold | ${h.held} / ${h.minHeld} of ${h.devices} (broker sessions ${h.brokerSessions}) |`,
-    `| dropped while held / refused | ${h.dropped} / ${h.refused} |`,
-    `| simulator failures | ${reasons(h.failures)} |`,
+    `| while held: dropped by the broker / refused | ${h.dropped} / ${h.refusedHeld} |`,
+    `| while coming up: closed before CONNACK (timed out or refused, retried) | ${h.refusedConnecting} |`,
+    `| simulator failures, whole run so far | ${reasons(h.failures)} |`,
     `| broker refusals (metrics) | ${reasons(h.brokerRefusals)} |`,
     `| broker RSS held / idle | ${h.brokerRssMiB} MiB / ${h.brokerRssIdleMiB} MiB (${h.brokerRssPerConnectionKiB ?? 'n/a'} KiB per connection) |`,
   ];

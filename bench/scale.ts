@@ -157,6 +157,9 @@ class Bench {
   }
 }
 
+/** Connections closed before CONNACK, as the simulator counts them (timeouts included). */
+const refusals = (failures: Record<string, number>) => (failures.refused_before_connack ?? 0) + (failures.tls_handshake_failed ?? 0);
+
 /** Connects the whole fleet, holds it, and reads what the simulator and the broker counted. */
 async function connectAndHold(bench: Bench, sim: SimRun, idleRss: number): Promise<{ hold: HoldFigures; enrollSeconds: number }> {
   const n = bench.o.devices;
@@ -180,6 +183,7 @@ async function connectAndHold(bench: Bench, sim: SimRun, idleRss: number): Promi
   const rss = bench.fleet.rssBytes();
   const failures = sim.latest!.counters.failures;
   const held = sim.live;
+  const whileHeld = failuresSince(before, failures);
   return {
     enrollSeconds,
     hold: {
@@ -191,8 +195,9 @@ async function connectAndHold(bench: Bench, sim: SimRun, idleRss: number): Promi
       held,
       minHeld,
       brokerSessions: metrics?.sessions ?? -1,
-      dropped: failuresSince(before, failures).connection_lost ?? 0,
-      refused: (failures.refused_before_connack ?? 0) + (failures.tls_handshake_failed ?? 0),
+      dropped: whileHeld.connection_lost ?? 0,
+      refusedConnecting: refusals(before),
+      refusedHeld: refusals(whileHeld),
       failures: { ...failures },
       brokerRefusals: metrics?.refusals ?? {},
       brokerRssMiB: Math.round(rss / MiB),
@@ -259,10 +264,11 @@ function notesFor(report: Omit<ScaleReport, 'notes'>, o: Options): string[] {
     'Reconnect times are polled every 0.25 s from the broker\'s session gauge, or the simulator\'s once-a-second count.',
   ];
   const resumed = report.restarts.find((r) => r.resumption);
-  if (resumed && resumed.resumed === 0) {
+  if (resumed) {
     notes.push(
-      'No reconnect after the restart resumed a TLS session although the devices offered their tickets: the broker makes its ' +
-        'session-ticket keys when it starts, so a restarted broker cannot read tickets issued before; both restarts are full handshakes.',
+      'The broker makes its session-ticket keys when it starts, so tickets issued before a restart cannot be resumed: the first ' +
+        `reconnect of every device after the restart is a full handshake. The ${resumed.resumed} resumed connects counted there are ` +
+        'devices connecting a second time within the storm (after a refusal or timeout) with a ticket from the new broker.',
     );
   }
   return notes;
