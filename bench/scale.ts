@@ -261,7 +261,8 @@ function notesFor(report: Omit<ScaleReport, 'notes'>, o: Options): string[] {
       'reconnect after a restart with the simulator\'s backoff (full jitter, 0.5 s doubling to 30 s).',
     `The restart sends ${report.restarts[0]?.signal ?? o.kill} to fleet start` +
       (report.settings.database === 'embedded' ? ' (SIGTERM: the embedded PostgreSQL is its child and must be stopped by it).' : ' (a crash: the database is external).'),
-    'Reconnect times are polled every 0.25 s from the broker\'s session gauge, or the simulator\'s once-a-second count.',
+    'Reconnect times are polled every 0.25 s from the broker\'s session gauge, or the simulator\'s once-a-second count. ' +
+      'Readiness after each start is probed with one bare TCP connection, which the broker counts as one tls_handshake_failed.',
   ];
   const resumed = report.restarts.find((r) => r.resumption);
   if (resumed) {
