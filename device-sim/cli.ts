@@ -16,7 +16,7 @@ const lifetime = (text: string) => {
 };
 
 /** The simulation's options as the command line spells them: a CA file instead of PEM text, and --json. */
-type CliOptions = Omit<SimOptions, 'caPem' | 'progress' | 'onProgress' | 'signal' | 'startBackend'> & { ca?: string; json: boolean };
+type CliOptions = Omit<SimOptions, 'caPem' | 'progress' | 'onProgress' | 'onEnrollProgress' | 'signal' | 'startBackend'> & { ca?: string; json: boolean };
 
 /** `startBackend` runs the backend in this process when --api is not given. */
 export function registerSimCommand(program: Command, startBackend: StartBackend): void {
@@ -39,7 +39,8 @@ export function registerSimCommand(program: Command, startBackend: StartBackend)
         .choices(PROFILE_CHOICES)
         .default(DEFAULT_OPTIONS.profile),
     )
-    .option('--workers <n>', 'worker threads running the devices (default: one per core)', number(1, true), os.availableParallelism())
+    .option('--workers <n>', 'worker processes running the devices (default: one per core; more when the open-file limit needs them)', number(1, true), os.availableParallelism())
+    .option('--no-resume', 'drop TLS session tickets: every reconnect is a full handshake (default: devices resume)')
     .option('--duration <seconds>', 'run this long once devices start, then stop and report; 0 runs until Ctrl-C', number(0), DEFAULT_OPTIONS.duration)
     .option('--batch <name>', 'register new devices as this named batch (so fleet revoke --batch can take them all)')
     .option('--json', 'print the JSON report as the last line of stdout (for scripts and CI)', false)
@@ -51,8 +52,13 @@ Without --api the simulator starts a backend of its own in this process, on free
 data (CA, embedded database) in <state>/backend: never the registry of FLEET_DATA_DIR or DATABASE_URL.
 The per-address connect limit is raised there (every device connects from 127.0.0.1). A state
 directory whose devices the backend does not know (another CA, a reset registry) stops the run at
-once, saying so. One process holds both ends of every connection then, so beyond about 8,000
-devices run the backend separately (npm start) and point --api/--broker/--ca/--token at it.
+once, saying so. That backend holds the broker's end of every connection in this process, so for
+more devices than its open-file limit (ulimit -n) allows, run the backend separately (npm start)
+and point --api/--broker/--ca/--token at it.
+
+The devices run in worker processes, each under its own open-file limit (raised to the hard limit
+where allowed): one socket per device, so 20,000 devices with a hard limit of 20,000 take two or
+more workers, started as needed. See "Scale" in device-sim/README.md for a larger box.
 
 Examples:
   npx fleet sim --devices 200 --duration 90 --lifetime 1m --html report.html

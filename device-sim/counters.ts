@@ -2,6 +2,8 @@
 export interface Counters {
   connectAttempts: number;
   connects: number;
+  /** Connects whose TLS session was resumed from a ticket (no full handshake for the broker). */
+  resumed: number;
   publishes: number;
   /** Telemetry the simulated link lost before it reached the broker (packet loss). */
   lostOnLink: number;
@@ -15,6 +17,7 @@ export interface Counters {
 export const emptyCounters = (): Counters => ({
   connectAttempts: 0,
   connects: 0,
+  resumed: 0,
   publishes: 0,
   lostOnLink: 0,
   linkDrops: 0,

@@ -27,6 +27,8 @@ export interface DeviceEnvironment {
   size: number;
   /** Asked for on renewal; undefined takes the CA's default. */
   lifetime?: string;
+  /** Offer the last session ticket on reconnect; false makes every connect a full handshake. */
+  resume: boolean;
   counters: Counters;
   cryptoEngine(profile: HardwareProfile): Semaphore;
   recordLatency(kind: 'handshake' | 'connack', ms: number): void;
@@ -114,7 +116,7 @@ export class SimDevice {
       port: this.env.brokerPort,
       clientId: this.id,
       // MQTT.js hands these to tls.connect; its types do not list them.
-      ...({ secureContext: this.context, session: this.ticket, servername: 'localhost' } as object),
+      ...({ secureContext: this.context, session: this.env.resume ? this.ticket : undefined, servername: 'localhost' } as object),
       reconnectPeriod: 0,
       connectTimeout: CONNECT_TIMEOUT_MS,
       keepalive: this.profile.keepaliveSeconds,
@@ -124,13 +126,16 @@ export class SimDevice {
     this.client = client;
     const socket = client.stream as unknown as TLSSocket;
     socket.once('secureConnect', () => (secured = performance.now()));
-    socket.on('session', (ticket: Buffer) => (this.ticket = ticket));
+    socket.on('session', (ticket: Buffer) => {
+      if (this.env.resume) this.ticket = ticket;
+    });
     client.on('error', () => {});
     client.on('message', (topic, payload) => this.onCommand(client, topic, payload));
     client.once('connect', () => {
       accepted = true;
       if (generation !== this.generation || this.stopped) return void client.end(true);
       this.env.counters.connects++;
+      if (socket.isSessionReused()) this.env.counters.resumed++;
       if (secured !== undefined) {
         this.env.recordLatency('handshake', secured - started);
         this.env.recordLatency('connack', performance.now() - secured);
@@ -161,11 +166,14 @@ export class SimDevice {
 
   /**
    * Closed before CONNACK. The broker says nothing about why, so ask the registry as an operator
-   * would: a revoked or suspended device stops here instead of retrying forever.
+   * would: a revoked or suspended device stops here instead of retrying forever. Only after a
+   * completed handshake, since the broker judges the certificate after it: a connection refused,
+   * timed out or cut during the handshake (a broker restarting, a reconnect storm) says nothing
+   * about revocation, and thousands of such lookups would only load the backend further.
    */
   private async refused(handshakeDone: boolean): Promise<void> {
     countFailure(this.env.counters, handshakeDone ? 'refused_before_connack' : 'tls_handshake_failed');
-    if (await this.isRevoked()) return this.revoked();
+    if (handshakeDone && (await this.isRevoked())) return this.revoked();
     this.reconnectLater();
   }
 

@@ -35,7 +35,14 @@ export async function provisionFleet(
   api: FleetApi,
   stateDir: string,
   planned: PlannedDevice[],
-  options: { lifetime?: string; batch?: string; onEnrolling?: (count: number) => void; now?: () => number },
+  options: {
+    lifetime?: string;
+    batch?: string;
+    onEnrolling?: (count: number) => void;
+    /** Called as keys are made and as batches are enrolled, for a progress line. */
+    onProgress?: (step: 'keys' | 'enrolled', done: number, total: number) => void;
+    now?: () => number;
+  },
 ): Promise<FactoryResult> {
   const now = options.now ?? Date.now;
   const result: FactoryResult = { ready: [], enrolled: 0, reused: 0, expired: [], revoked: [], failures: {} };
@@ -55,12 +62,18 @@ export async function provisionFleet(
   if (missing.length === 0) return result;
   options.onEnrolling?.(missing.length);
 
-  const identities = await mapLimited(missing, KEYGEN_CONCURRENCY, (device) => createDeviceIdentity(device.id));
+  let keys = 0;
+  const identities = await mapLimited(missing, KEYGEN_CONCURRENCY, async (device) => {
+    const identity = await createDeviceIdentity(device.id);
+    if (++keys % 500 === 0 || keys === missing.length) options.onProgress?.('keys', keys, missing.length);
+    return identity;
+  });
   const tokens = await registerInBulk(api, missing, options.batch);
   for (let i = 0; i < missing.length; i += ENROLL_CHUNK) {
     const devices = missing.slice(i, i + ENROLL_CHUNK);
     const csrs = identities.slice(i, i + ENROLL_CHUNK);
     await enrollChunk(api, stateDir, devices, csrs, tokens, options.lifetime, result, now);
+    options.onProgress?.('enrolled', Math.min(missing.length, i + ENROLL_CHUNK), missing.length);
   }
   return result;
 }

@@ -49,6 +49,7 @@ export function summaryTable(r: SimReport): string {
     ['CONNACK p50/p95/p99', ms(r.connackMs)],
     ['connect rate', r.connectRate === null ? 'n/a' : `${r.connectRate} /s`],
     ['connects / attempts', `${r.connects} / ${r.connectAttempts}`],
+    ['resumed TLS sessions', String(r.resumed)],
     ['publishes (lost on link)', `${r.publishes} (${r.lostOnLink})`],
     ['link drops', String(r.linkDrops)],
     ['renewals (failed)', `${r.renewals} (${r.renewalFailures})`],

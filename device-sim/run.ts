@@ -1,13 +1,13 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { FleetApi } from './api.js';
 import { addCounters, type Counters, DEVICE_STATES, type DeviceState, emptyCounters, percentiles } from './counters.js';
 import { type PlannedDevice, provisionFleet } from './factory.js';
+import { spawnWorker, workerCount } from './processes.js';
 import { type ProfileChoice, profileFor } from './profiles.js';
 import { htmlReport, summaryTable, type SimReport, type TimelinePoint } from './report.js';
 import { ensureStateDir, type StoredIdentity } from './state.js';
-import type { WorkerOrder, WorkerReport } from './worker.js';
+import type { ParentMessage, WorkerOrder, WorkerReport } from './worker.js';
 
 export interface SimOptions {
   devices: number;
@@ -25,7 +25,10 @@ export interface SimOptions {
   size: number;
   lifetime?: string;
   profile: ProfileChoice;
+  /** Worker processes; more are started when one process's open-file limit cannot hold its share. */
   workers: number;
+  /** Offer TLS session tickets on reconnect (true), or drop them so every connect is a full handshake. */
+  resume: boolean;
   /** Seconds to run once the devices start; 0 runs until `signal` aborts. */
   duration: number;
   batch?: string;
@@ -33,6 +36,8 @@ export interface SimOptions {
   progress: boolean;
   html?: string;
   onProgress?: (snapshot: Progress) => void;
+  /** Enrollment progress: devices with a key, then devices enrolled, out of those missing. */
+  onEnrollProgress?: (step: 'keys' | 'enrolled', done: number, total: number) => void;
   signal?: AbortSignal;
   /** Starts a backend in this process when `api` is unset; the CLI passes the one it wires. */
   startBackend?: StartBackend;
@@ -52,6 +57,7 @@ export const DEFAULT_OPTIONS: Omit<SimOptions, 'devices'> = {
   size: 128,
   profile: 'mixed',
   workers: os.availableParallelism(),
+  resume: true,
   duration: 60,
   progress: true,
 };
@@ -105,6 +111,7 @@ export async function runSimulation(input: Partial<SimOptions> & { devices: numb
       lifetime: options.lifetime,
       batch: options.batch,
       onEnrolling: (n) => say(`enrolling ${n} devices (key, CSR, bulk registration, batch enrollment)…`),
+      onProgress: options.onEnrollProgress,
     });
     const run = await runWorkers(options, backend, factory.ready, say);
     const counters = run.counters;
@@ -126,6 +133,7 @@ export async function runSimulation(input: Partial<SimOptions> & { devices: numb
       connectRate: run.connectRate,
       connectAttempts: counters.connectAttempts,
       connects: counters.connects,
+      resumed: counters.resumed,
       publishes: counters.publishes,
       lostOnLink: counters.lostOnLink,
       linkDrops: counters.linkDrops,
@@ -157,9 +165,9 @@ interface WorkerRun {
   timeline: TimelinePoint[];
 }
 
-/** Splits the fleet over worker threads, follows their reports each second, and stops them at the end. */
+/** Splits the fleet over worker processes, follows their reports each second, and stops them at the end. */
 async function runWorkers(options: SimOptions, backend: Backend, ready: StoredIdentity[], say: (text: string) => void): Promise<WorkerRun> {
-  const count = Math.max(1, Math.min(options.workers, ready.length));
+  const count = workerCount(options.workers, ready.length);
   const shares: StoredIdentity[][] = Array.from({ length: count }, () => []);
   ready.forEach((identity, i) => shares[i % count]!.push(identity));
   const latest: WorkerReport[] = [];
@@ -170,6 +178,7 @@ async function runWorkers(options: SimOptions, backend: Backend, ready: StoredId
   const started = Date.now();
   let fullyConnectedAt: number | undefined;
   let lastConnects = 0;
+  let stopping = false;
 
   const workers = shares.map((devices, index) => {
     const order: WorkerOrder = {
@@ -183,9 +192,12 @@ async function runWorkers(options: SimOptions, backend: Backend, ready: StoredId
       rate: options.rate,
       size: options.size,
       lifetime: options.lifetime,
+      resume: options.resume,
       ramp: options.ramp / count,
     };
-    const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: order });
+    const worker = spawnWorker();
+    const tell = (message: ParentMessage) => worker.connected && worker.send(message);
+    tell({ type: 'order', order });
     const finished = new Promise<void>((resolve, reject) => {
       worker.on('message', (report: WorkerReport) => {
         latest[index] = report;
@@ -195,9 +207,14 @@ async function runWorkers(options: SimOptions, backend: Backend, ready: StoredId
         if (report.type === 'final') resolve();
       });
       worker.once('error', reject);
-      worker.once('exit', () => resolve());
+      worker.once('exit', (code, signal) => {
+        if (code === 0 || stopping) resolve();
+        else reject(new Error(`simulator worker ${index + 1} of ${count} exited (${signal ?? `code ${code}`}) before the run ended`));
+      });
     });
-    return { worker, finished };
+    // Noticed now, not at the end: the run would otherwise go on with part of the fleet gone.
+    finished.catch(() => undefined);
+    return { worker, tell, finished };
   });
 
   const sum = () => {
@@ -239,9 +256,9 @@ async function runWorkers(options: SimOptions, backend: Backend, ready: StoredId
   await waitForEnd(options);
   clearInterval(follow);
   const seconds = (Date.now() - started) / 1000;
-  for (const { worker } of workers) worker.postMessage({ type: 'stop' });
+  stopping = true;
+  for (const { tell } of workers) tell({ type: 'stop' });
   await Promise.all(workers.map((w) => w.finished));
-  await Promise.all(workers.map((w) => w.worker.terminate()));
   const final = sum();
   const rampSeconds = fullyConnectedAt ?? seconds;
   return {

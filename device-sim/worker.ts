@@ -1,8 +1,8 @@
 /**
- * A worker thread running its share of the simulated fleet, so the simulator's own TLS and MQTT work
- * spreads over the cores instead of queueing on one event loop. It reports to the parent each second.
+ * A worker process running its share of the simulated fleet, so the simulator's own TLS and MQTT work
+ * spreads over the cores, and each process's open files (one socket per device) stay under its own
+ * limit: worker threads would share one file table. It reports to the parent over IPC each second.
  */
-import { parentPort, workerData } from 'node:worker_threads';
 import { FleetApi } from './api.js';
 import { type Counters, DEVICE_STATES, type DeviceState, emptyCounters } from './counters.js';
 import { type DeviceEnvironment, SimDevice } from './device.js';
@@ -10,7 +10,7 @@ import { type HardwareProfile, PROFILES, Semaphore } from './profiles.js';
 import type { StoredIdentity } from './state.js';
 
 /** What a worker is sent: the environment's plain fields (the rest is built in the worker), and its devices. */
-export interface WorkerOrder extends Pick<DeviceEnvironment, 'rootPem' | 'brokerHost' | 'brokerPort' | 'stateDir' | 'rate' | 'size' | 'lifetime'> {
+export interface WorkerOrder extends Pick<DeviceEnvironment, 'rootPem' | 'brokerHost' | 'brokerPort' | 'stateDir' | 'rate' | 'size' | 'lifetime' | 'resume'> {
   devices: StoredIdentity[];
   apiUrl: string;
   operatorToken: string;
@@ -28,11 +28,11 @@ export interface WorkerReport {
   revoked: string[];
 }
 
-export type ParentMessage = { type: 'stop' };
+export type ParentMessage = { type: 'order'; order: WorkerOrder } | { type: 'stop' };
 
 const REPORT_EVERY_MS = 1000;
 
-async function run(order: WorkerOrder): Promise<void> {
+function run(order: WorkerOrder, send: (report: WorkerReport, then?: () => void) => void): (message: ParentMessage) => void {
   const counters = emptyCounters();
   const engines = new Map<string, Semaphore>();
   let handshakeMs: number[] = [];
@@ -48,6 +48,7 @@ async function run(order: WorkerOrder): Promise<void> {
     rate: order.rate,
     size: order.size,
     lifetime: order.lifetime,
+    resume: order.resume,
     counters,
     cryptoEngine(profile: HardwareProfile) {
       let engine = engines.get(profile.name);
@@ -59,13 +60,13 @@ async function run(order: WorkerOrder): Promise<void> {
   };
   const devices = order.devices.map((identity) => new SimDevice(identity, PROFILES[identity.profile as HardwareProfile['name']] ?? PROFILES.gateway, env));
 
-  const report = (type: WorkerReport['type']) => {
+  const report = (type: WorkerReport['type'], then?: () => void) => {
     const states = Object.fromEntries(DEVICE_STATES.map((s) => [s, 0])) as Record<DeviceState, number>;
     for (const device of devices) states[device.state]++;
     const message: WorkerReport = { type, states, counters, handshakeMs, connackMs, revoked: revoked.splice(0) };
     handshakeMs = [];
     connackMs = [];
-    parentPort!.postMessage(message);
+    send(message, then);
   };
   const reporter = setInterval(() => report('tick'), REPORT_EVERY_MS);
 
@@ -79,15 +80,33 @@ async function run(order: WorkerOrder): Promise<void> {
     if (next >= devices.length) clearInterval(ramp);
   }, Math.max(5, Math.min(100, gap)));
 
-  parentPort!.on('message', async (message: ParentMessage) => {
+  return (message) => {
     if (message.type !== 'stop') return;
     clearInterval(ramp);
     clearInterval(reporter);
-    await Promise.all(devices.map((d) => d.stop()));
-    api.close();
-    report('final');
-    parentPort!.close();
-  });
+    void Promise.all(devices.map((d) => d.stop())).then(() => {
+      api.close();
+      report('final', () => process.exit(0));
+    });
+  };
 }
 
-if (parentPort) void run(workerData as WorkerOrder);
+/** The order is the first message; a parent that goes away takes its workers with it. */
+function serve(): void {
+  let handle: ((message: ParentMessage) => void) | undefined;
+  const send = (report: WorkerReport, then?: () => void) => {
+    if (!process.connected) return void process.exit(0);
+    process.send!(report, undefined, {}, () => then?.());
+  };
+  process.on('message', (message: ParentMessage) => {
+    if (message.type === 'order') handle ??= run(message.order, send);
+    else handle?.(message);
+  });
+  process.on('disconnect', () => process.exit(0));
+}
+
+if (process.send) serve();
+else {
+  process.stderr.write('worker.js is started by the simulator (fleet sim) over IPC, not by hand\n');
+  process.exit(2);
+}
