@@ -1,0 +1,60 @@
+/**
+ * What the kernel says about a process and the machine: a system's CPU and memory are read from
+ * /proc, so every system (Node or not, ours or not) is measured the same way, from outside.
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+
+const TICKS_PER_SECOND = clockTicks();
+
+function clockTicks(): number {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+}
+
+/** User plus system CPU of the process (all its threads), in milliseconds; /proc/<pid>/stat fields 14 and 15. */
+export function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) is in parentheses and may hold spaces; count fields after it.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(fields[11]);
+  const stime = Number(fields[12]);
+  return ((utime + stime) * 1000) / TICKS_PER_SECOND;
+}
+
+/** Resident set size in bytes, from /proc/<pid>/status VmRSS. */
+export function rssBytes(pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!match) throw new Error(`no VmRSS for process ${pid}`);
+  return Number(match[1]) * 1024;
+}
+
+/** The resolution of cpuMs: one clock tick. */
+export const CPU_RESOLUTION_MS = 1000 / TICKS_PER_SECOND;
+
+export interface Machine {
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+  node: string;
+  kernel: string;
+  /** Load average (1, 5, 15 min) when the run began: other work on the machine shows in every figure. */
+  loadAverage: number[];
+  database: string;
+}
+
+export function machine(): Machine {
+  return {
+    cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
+    cores: os.cpus().length,
+    memoryGiB: Math.round((os.totalmem() / 1024 ** 3) * 10) / 10,
+    node: process.version,
+    kernel: `${os.type()} ${os.release()}`,
+    loadAverage: os.loadavg().map((load) => Math.round(load * 100) / 100),
+    database: process.env.DATABASE_URL ? 'PostgreSQL server (DATABASE_URL), a database of its own' : 'embedded PostgreSQL',
+  };
+}
