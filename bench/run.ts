@@ -55,7 +55,7 @@ The report (bench/results/bench-<date>.json and .md) gives each figure's median 
 fleet-auth's ratios to the floor, bare aedes and Mosquitto, and the issue's targets met or missed.
 Progress goes to stderr. Figures from a busy machine say little: run it on a quiet one.`;
 
-const QUICK = { devices: 20, rounds: 1, publishes: 200, revocations: 10, enrollments: 20, settle: 300 };
+const QUICK = { devices: 20, rounds: 1, publishes: 500, revocations: 10, enrollments: 20, settle: 300 };
 
 /** Connects before measuring, so JIT, pools and TLS set-up are not counted as connect cost. */
 const WARMUP_CONNECTS = 20;
