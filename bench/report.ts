@@ -31,6 +31,8 @@ export interface Observations {
   /** Share of the resumed pass's handshakes that did resume (a system without tickets does full ones). */
   resumedShare: number;
   failedConnects: number;
+  /** The load generator's CPU over the full pass, in cores: near 1, it and not the broker set the connects per second. */
+  loadGeneratorCoresInFullPass?: number;
   firstFailure?: string;
   held: number;
   droppedWhileHeld: number;

@@ -190,7 +190,10 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
     await sleep(options.settle);
 
     step(`${options.devices} full connects`);
+    const generatorCpu = cpuMs(generator.process.pid!);
     const full = await cpuOver(pid, options.settle, () => order(generator, { type: 'connects', port, resume: false, concurrency: options.concurrency }, 'connected'));
+    // Near 1, the load generator's one core, not the broker, set the pace of the connects per second.
+    observations.loadGeneratorCoresInFullPass = (cpuMs(generator.process.pid!) - generatorCpu) / 1000 / full.result.seconds;
     checkRun('full connects', full.result, observations);
     step(`${options.devices} resumed connects`);
     const resumed = await cpuOver(pid, options.settle, () => order(generator, { type: 'connects', port, resume: true, concurrency: options.concurrency }, 'connected'));
@@ -310,7 +313,9 @@ async function run(options: CliOptions): Promise<Report> {
     for (const [name, rounds] of Object.entries(results) as [SystemName, { figures: Figures; observations: Observations }[]][]) {
       systems[name] = { rounds, median: medianFigures(rounds.map((r) => r.figures)) };
     }
+    const generatorCores = Object.values(results).flatMap((rounds) => rounds.map((r) => r.observations.loadGeneratorCoresInFullPass ?? 0));
     notes.push(
+      `The load generator used up to ${Math.max(...generatorCores).toFixed(2)} of a core during a full-connect pass; near 1, it and not the broker set the connects per second.`,
       `CPU is read from /proc/<pid>/stat in clock ticks of ${CPU_RESOLUTION_MS} ms; each phase's total is divided by its operations.`,
       'Only the broker process is measured: fleet-auth’s PostgreSQL (embedded or not) is not included.',
     );
