@@ -3,7 +3,7 @@
  * /proc, so every system (Node or not, ours or not) is measured the same way, from outside.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 
 const TICKS_PER_SECOND = clockTicks();
@@ -18,9 +18,7 @@ function clockTicks(): number {
 
 /** User plus system CPU of the process (all its threads), in milliseconds; /proc/<pid>/stat fields 14 and 15. */
 export function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // The command name (field 2) is in parentheses and may hold spaces; count fields after it.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = statFields(pid);
   const utime = Number(fields[11]);
   const stime = Number(fields[12]);
   return ((utime + stime) * 1000) / TICKS_PER_SECOND;
@@ -32,6 +30,59 @@ export function rssBytes(pid: number): number {
   if (!match) throw new Error(`no VmRSS for process ${pid}`);
   return Number(match[1]) * 1024;
 }
+
+/** The fields of /proc/<pid>/stat after the command name, which is in parentheses and may hold spaces. */
+function statFields(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+const executable = (pid: number): string | undefined => {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return undefined;
+  }
+};
+
+/**
+ * A system's processes: `pid` and every descendant running the same executable, so a broker that
+ * runs workers (node:cluster, FLEET_BROKER_WORKERS) is measured whole, while its other children
+ * (the embedded PostgreSQL) are not.
+ */
+export function processGroup(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const parent = Number(statFields(Number(entry))[1]);
+      children.set(parent, [...(children.get(parent) ?? []), Number(entry)]);
+    } catch {
+      // Gone between the listing and the read.
+    }
+  }
+  const exe = executable(pid);
+  const group = [pid];
+  for (let i = 0; i < group.length; i++) {
+    for (const child of children.get(group[i]!) ?? []) if (executable(child) === exe) group.push(child);
+  }
+  return group;
+}
+
+const sumOver = (pids: number[], read: (pid: number) => number) =>
+  pids.reduce((total, pid) => {
+    try {
+      return total + read(pid);
+    } catch {
+      return total; // A worker that exited between the listing and the read.
+    }
+  }, 0);
+
+/** cpuMs over the process group of `pid` (processGroup). */
+export const groupCpuMs = (pid: number): number => sumOver(processGroup(pid), cpuMs);
+
+/** rssBytes over the process group of `pid` (processGroup). */
+export const groupRssBytes = (pid: number): number => sumOver(processGroup(pid), rssBytes);
 
 /** The resolution of cpuMs: one clock tick. */
 export const CPU_RESOLUTION_MS = 1000 / TICKS_PER_SECOND;

@@ -15,7 +15,7 @@ import { runEnrollmentLoad } from './enrollment-load.js';
 import { apiClient, enrollDevices, enrollmentBodies, measureRevocations } from './fleet-api.js';
 import { percentile, positiveInteger } from './figures.js';
 import type { ConnectRun, LoadAnswer, LoadDevice, LoadOrder } from './load-generator.js';
-import { cpuMs, CPU_RESOLUTION_MS, machine, rssBytes } from './proc.js';
+import { cpuMs, CPU_RESOLUTION_MS, groupCpuMs, groupRssBytes, machine } from './proc.js';
 import { type Figures, markdown, medianFigures, type Observations, type Options, ratiosOf, type Report, targetsOf, writeReport } from './report.js';
 import {
   adminToken,
@@ -118,10 +118,10 @@ async function order<T extends LoadAnswer['type']>(generator: Generator, request
 
 /** CPU of `pid` over `work` and the settling after it, with what the work returned. */
 async function cpuOver<T>(pid: number, settleMs: number, work: () => Promise<T>): Promise<{ cpu: number; result: T }> {
-  const before = cpuMs(pid);
+  const before = groupCpuMs(pid);
   const result = await work();
   await sleep(settleMs);
-  return { cpu: cpuMs(pid) - before, result };
+  return { cpu: groupCpuMs(pid) - before, result };
 }
 
 /** What one round of one system needs beside the system itself. */
@@ -159,12 +159,12 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
   await sleep(options.settle);
 
   step(`holding ${options.devices} connections`);
-  const rssBefore = rssBytes(pid);
+  const rssBefore = groupRssBytes(pid);
   const held = await order(generator, { type: 'hold', port, concurrency: options.concurrency }, 'connected');
   checkRun('hold', held, observations);
   observations.held = held.latenciesMs.length;
   await sleep(options.settle);
-  const rssKiBPerHeldConnection = (rssBytes(pid) - rssBefore) / 1024 / observations.held;
+  const rssKiBPerHeldConnection = (groupRssBytes(pid) - rssBefore) / 1024 / observations.held;
 
   const publishCpu = async (qos: 0 | 1) => {
     step(`QoS ${qos} publishes`);
@@ -279,9 +279,11 @@ async function run(options: CliOptions): Promise<Report> {
     say(notes.at(-1)!);
   }
   const withFleet = options.systems.includes('fleet-auth');
+  // Apart: as root, the embedded PostgreSQL runs as another user, who must reach its data directory.
   const tempDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-bench-'));
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-bench-data-'));
   const database = await testDatabase();
-  const place: FleetPlace = { dataDir: path.join(tempDir, 'data'), databaseUrl: database.url };
+  const place: FleetPlace = { dataDir, databaseUrl: database.url };
   const generator: Generator = forkChild(new URL('./load-generator.js', import.meta.url), 'the load generator');
   try {
     const { token, chain, devices, revokeDevices, enrollBodies } = await provision(place, options, withFleet);
@@ -325,6 +327,7 @@ async function run(options: CliOptions): Promise<Report> {
     await generator.stop();
     await database.drop().catch(() => undefined);
     await rm(tempDir, { recursive: true, force: true });
+    await rm(dataDir, { recursive: true, force: true });
   }
 }
 

@@ -8,7 +8,7 @@
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { once } from 'node:events';
@@ -198,7 +198,6 @@ export async function startMosquitto(chain: Chain, dir: string): Promise<Running
     ...(process.getuid?.() === 0 ? ['user root'] : []),
   ];
   await writeFile(file('mosquitto.conf'), config.join('\n') + '\n');
-  await chmod(dir, 0o700);
   // Its stderr is kept for an error: as root it always warns that it should not run as root.
   const child = spawn(MOSQUITTO, ['-c', file('mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let said = '';
