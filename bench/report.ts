@@ -51,6 +51,7 @@ export interface Options {
   rounds: number;
   systems: SystemName[];
   concurrency: number;
+  generators: number;
   publishes: number;
   revocations: number;
   enrollments: number;

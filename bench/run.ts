@@ -10,12 +10,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, InvalidArgumentError } from 'commander';
 import { projectRoot } from '../core/paths.js';
 import { testDatabase } from '../test/support/fleet.js';
-import { forkChild, type Child } from './child.js';
 import { runEnrollmentLoad } from './enrollment-load.js';
 import { apiClient, enrollDevices, enrollmentBodies, measureRevocations } from './fleet-api.js';
 import { percentile, positiveInteger } from './figures.js';
-import type { ConnectRun, LoadAnswer, LoadDevice, LoadOrder } from './load-generator.js';
-import { cpuMs, CPU_RESOLUTION_MS, groupCpuMs, groupRssBytes, machine } from './proc.js';
+import type { ConnectRun, LoadDevice } from './load-generator.js';
+import { type Load, startLoad } from './load.js';
+import { cpuMs, CPU_SOURCE, groupCpuMs, groupRssBytes, machine } from './proc.js';
 import { type Figures, markdown, medianFigures, type Observations, type Options, ratiosOf, type Report, targetsOf, writeReport } from './report.js';
 import {
   adminToken,
@@ -88,6 +88,7 @@ function parseOptions(argv: string[]): CliOptions {
     .option('--rounds <n>', 'rounds; each starts every system once, in a rotated order', positiveInteger, 3)
     .option('--systems <list>', 'comma-separated', systemList, [...SYSTEMS] as SystemName[])
     .option('--concurrency <n>', 'connects in flight at once', positiveInteger, 50)
+    .option('--generators <n>', 'load generator processes, sharing the devices and the concurrency', positiveInteger, 1)
     .option('--publishes <n>', 'publishes per held device, per QoS', positiveInteger, 20)
     .option('--revocations <n>', 'fleet-auth: revocations timed per round (0: none)', count, 100)
     .option('--enrollments <n>', 'fleet-auth: enrollments timed per round (0: none)', count, 200)
@@ -108,14 +109,6 @@ function parseOptions(argv: string[]): CliOptions {
 
 const say = (text: string) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${text}\n`);
 
-type Generator = Child<LoadOrder, LoadAnswer>;
-
-async function order<T extends LoadAnswer['type']>(generator: Generator, request: LoadOrder, expected: T): Promise<Extract<LoadAnswer, { type: T }>> {
-  const answer = await generator.ask(request);
-  if (answer.type !== expected) throw new Error(`the load generator answered ${answer.type}, not ${expected}`);
-  return answer as Extract<LoadAnswer, { type: T }>;
-}
-
 /** CPU of `pid` over `work` and the settling after it, with what the work returned. */
 async function cpuOver<T>(pid: number, settleMs: number, work: () => Promise<T>): Promise<{ cpu: number; result: T }> {
   const before = groupCpuMs(pid);
@@ -127,7 +120,7 @@ async function cpuOver<T>(pid: number, settleMs: number, work: () => Promise<T>)
 /** What one round of one system needs beside the system itself. */
 interface RoundInputs {
   options: Options;
-  generator: Generator;
+  load: Load;
   fleet?: { revokeDevices: LoadDevice[]; enrollBodies: string[]; token: string; rootPem: string };
 }
 
@@ -141,7 +134,7 @@ function checkRun(what: string, run: ConnectRun, observations: Observations): vo
 }
 
 async function measureSystem(system: Running & { apiUrl?: string }, inputs: RoundInputs): Promise<{ figures: Figures; observations: Observations }> {
-  const { options, generator } = inputs;
+  const { options, load } = inputs;
   const { pid, port } = system;
   const step = (text: string) => say(`  ${system.name}: ${text}`);
   const observations: Observations = {
@@ -155,12 +148,12 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
   };
 
   step('warming up');
-  await order(generator, { type: 'connects', port, resume: false, concurrency: options.concurrency, count: WARMUP_CONNECTS }, 'connected');
+  await load.ask({ type: 'connects', port, resume: false, concurrency: options.concurrency, count: WARMUP_CONNECTS }, 'connected');
   await sleep(options.settle);
 
   step(`holding ${options.devices} connections`);
   const rssBefore = groupRssBytes(pid);
-  const held = await order(generator, { type: 'hold', port, concurrency: options.concurrency }, 'connected');
+  const held = await load.ask({ type: 'hold', port, concurrency: options.concurrency }, 'connected');
   checkRun('hold', held, observations);
   observations.held = held.latenciesMs.length;
   await sleep(options.settle);
@@ -168,7 +161,7 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
 
   const publishCpu = async (qos: 0 | 1) => {
     step(`QoS ${qos} publishes`);
-    const { cpu, result } = await cpuOver(pid, options.settle, () => order(generator, { type: 'publish', qos, perDevice: options.publishes, concurrency: options.concurrency }, 'published'));
+    const { cpu, result } = await cpuOver(pid, options.settle, () => load.ask({ type: 'publish', qos, perDevice: options.publishes, concurrency: options.concurrency }, 'published'));
     return (cpu * 1000) / result.messages;
   };
   const cpuUsPerQos0Publish = await publishCpu(0);
@@ -185,18 +178,19 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
       observations.revocationMaxMs = revocation.max;
       observations.revokeApiRoundTripP50Ms = revocation.apiRoundTripP50;
     }
-    const released = await order(generator, { type: 'release' }, 'released');
+    const released = await load.ask({ type: 'release' }, 'released');
     observations.droppedWhileHeld = released.dropped;
     await sleep(options.settle);
 
     step(`${options.devices} full connects`);
-    const generatorCpu = cpuMs(generator.process.pid!);
-    const full = await cpuOver(pid, options.settle, () => order(generator, { type: 'connects', port, resume: false, concurrency: options.concurrency }, 'connected'));
-    // Near 1, the load generator's one core, not the broker, set the pace of the connects per second.
-    observations.loadGeneratorCoresInFullPass = (cpuMs(generator.process.pid!) - generatorCpu) / 1000 / full.result.seconds;
+    const loadCpu = () => load.pids.reduce((total, pid) => total + cpuMs(pid), 0);
+    const generatorCpu = loadCpu();
+    const full = await cpuOver(pid, options.settle, () => load.ask({ type: 'connects', port, resume: false, concurrency: options.concurrency }, 'connected'));
+    // Near one core per generator: the load generators, not the broker, set the pace of the connects per second.
+    observations.loadGeneratorCoresInFullPass = (loadCpu() - generatorCpu) / 1000 / full.result.seconds;
     checkRun('full connects', full.result, observations);
     step(`${options.devices} resumed connects`);
-    const resumed = await cpuOver(pid, options.settle, () => order(generator, { type: 'connects', port, resume: true, concurrency: options.concurrency }, 'connected'));
+    const resumed = await cpuOver(pid, options.settle, () => load.ask({ type: 'connects', port, resume: true, concurrency: options.concurrency }, 'connected'));
     checkRun('resumed connects', resumed.result, observations);
     const sortedFull = [...full.result.latenciesMs].sort((a, b) => a - b);
     observations.connectLatencyP50Ms = percentile(sortedFull, 50);
@@ -284,11 +278,12 @@ async function run(options: CliOptions): Promise<Report> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-bench-data-'));
   const database = await testDatabase();
   const place: FleetPlace = { dataDir, databaseUrl: database.url };
-  const generator: Generator = forkChild(new URL('./load-generator.js', import.meta.url), 'the load generator');
+  let load: Load | undefined;
   try {
     const { token, chain, devices, revokeDevices, enrollBodies } = await provision(place, options, withFleet);
-    say('building every device’s TLS context in the load generator');
-    await order(generator, { type: 'devices', devices, caPem: chain.rootPem }, 'ready');
+    say(`building every device’s TLS context in ${options.generators} load generator process(es)`);
+    const generators = await startLoad(options.generators, devices, chain.rootPem);
+    load = generators;
     const results: Partial<Record<SystemName, { figures: Figures; observations: Observations }[]>> = {};
     for (let round = 0; round < options.rounds; round++) {
       const order = options.systems.map((_, i) => options.systems[(i + round) % options.systems.length]!);
@@ -305,7 +300,7 @@ async function run(options: CliOptions): Promise<Report> {
                   enrollBodies: enrollBodies.slice(round * options.enrollments, (round + 1) * options.enrollments),
                 }
               : undefined;
-          (results[name] ??= []).push(await measureSystem(system, { options, generator, fleet }));
+          (results[name] ??= []).push(await measureSystem(system, { options, load: generators, fleet }));
         } finally {
           await system.stop();
         }
@@ -317,14 +312,14 @@ async function run(options: CliOptions): Promise<Report> {
     }
     const generatorCores = Object.values(results).flatMap((rounds) => rounds.map((r) => r.observations.loadGeneratorCoresInFullPass ?? 0));
     notes.push(
-      `The load generator used up to ${Math.max(...generatorCores).toFixed(2)} of a core during a full-connect pass; near 1, it and not the broker set the connects per second.`,
-      `CPU is read from /proc/<pid>/stat in clock ticks of ${CPU_RESOLUTION_MS} ms; each phase's total is divided by its operations.`,
-      'Only the broker process is measured: fleet-auth’s PostgreSQL (embedded or not) is not included.',
+      `The load generator(s) used up to ${Math.max(...generatorCores).toFixed(2)} cores during a full-connect pass; near one core per generator, they and not the broker set the connects per second (see --generators).`,
+      `CPU is ${CPU_SOURCE}, over each phase and the settling after it, divided by the phase's operations.`,
+      'Only the broker’s processes are measured (a cluster’s workers with it): fleet-auth’s PostgreSQL (embedded or not) is not included.',
     );
     const partial = { options: stripCli(options), systems, ratios: ratiosOf(systems) };
     return { date: new Date(started).toISOString(), machine: facts, ...partial, targets: targetsOf(partial), notes, durationSeconds: (Date.now() - started) / 1000 };
   } finally {
-    await generator.stop();
+    await load?.stop();
     await database.drop().catch(() => undefined);
     await rm(tempDir, { recursive: true, force: true });
     await rm(dataDir, { recursive: true, force: true });
