@@ -31,7 +31,7 @@ import {
   listCertificates,
   listDevices,
 } from '../../core/registry/index.js';
-import { percentile, positiveInteger } from './figures.js';
+import { percentile, positiveInteger } from '../../bench/figures.js';
 import { startTestFleet, type TestFleet } from '../support/fleet.js';
 
 interface Options {

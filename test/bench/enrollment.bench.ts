@@ -6,14 +6,14 @@
  * and makes their keys and CSRs first, then times only the enrollments.
  */
 import os from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { Command } from 'commander';
 import { pino } from 'pino';
 import { createDeviceIdentity } from '../../device-sim/identity.js';
+import { mapLimited } from '../../core/concurrency.js';
 import { createLogger } from '../../core/log.js';
-import { percentile, positiveInteger } from './figures.js';
+import { percentile, positiveInteger } from '../../bench/figures.js';
 import { startTestFleet, type TestFleet } from '../support/fleet.js';
-import { inParallel, type LoadOrder, type LoadResult, type Outcome } from './enrollment-load.js';
+import { type Outcome, runEnrollmentLoad } from '../../bench/enrollment-load.js';
 
 interface Options {
   devices: number;
@@ -42,23 +42,10 @@ function parseOptions(argv: string[]): Options {
 /** Registers devices through the API and makes each one's key and CSR: the enrollment request bodies. */
 async function prepare(fleet: TestFleet, prefix: string, count: number, concurrency: number): Promise<string[]> {
   const ids = Array.from({ length: count }, (_, i) => `${prefix}-${String(i).padStart(6, '0')}`);
-  return inParallel(ids, concurrency, async (deviceId) => {
+  return mapLimited(ids, concurrency, async (deviceId) => {
     const token = await fleet.register(deviceId);
     const identity = await createDeviceIdentity(deviceId, 'P-256');
     return JSON.stringify({ token, csr: identity.csrPem });
-  });
-}
-
-/** Runs the load in a worker thread (enrollment-load.ts) and waits for its result. */
-function runLoad(order: LoadOrder): Promise<LoadResult> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL('./enrollment-load.js', import.meta.url), { workerData: order });
-    worker.once('message', (result: LoadResult) => {
-      resolve(result);
-      void worker.terminate();
-    });
-    worker.once('error', reject);
-    worker.once('exit', (code) => reject(new Error(`the load worker exited with code ${code} before reporting`)));
   });
 }
 
@@ -99,7 +86,7 @@ async function main(): Promise<number> {
     const bodies = await prepare(fleet, 'bench', options.devices, options.concurrency);
     process.stderr.write(`enrolling with concurrency ${options.concurrency}…\n`);
     const url = `${fleet.apiUrl}/v1/enrollments`;
-    const { seconds, outcomes } = await runLoad({ url, ca: fleet.rootPem, concurrency: options.concurrency, warmUpBodies, bodies });
+    const { seconds, outcomes } = await runEnrollmentLoad({ url, ca: fleet.rootPem, concurrency: options.concurrency, warmUpBodies, bodies });
     report(options, outcomes, seconds, database);
     return outcomes.every((o) => o.status === 201) ? 0 : 1;
   } finally {

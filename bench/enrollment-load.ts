@@ -1,11 +1,12 @@
 /**
- * The load generator of `bench:enroll`, run in a worker thread so the client's TLS and parsing do not
+ * The enrollment load of `bench:enroll` and `npm run bench`, run in a worker thread so the client's TLS and parsing do not
  * share an event loop with the server it measures. Enrolls the warm-up bodies untimed, then times
  * the others, over one keep-alive agent with `concurrency` requests in flight.
  */
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, Worker, workerData } from 'node:worker_threads';
+import { mapLimited } from '../core/concurrency.js';
 
 export interface LoadOrder {
   url: string;
@@ -45,31 +46,30 @@ function postJson(agent: https.Agent, url: string, body: string): Promise<Outcom
   });
 }
 
-/** Runs `work` over `items` with at most `concurrency` in flight, keeping the results in order. */
-export async function inParallel<T, R>(items: T[], concurrency: number, work: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await work(items[index]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
-  return results;
-}
-
 async function load(order: LoadOrder): Promise<LoadResult> {
   const agent = new https.Agent({ keepAlive: true, maxSockets: order.concurrency, ca: order.ca });
   try {
     const enroll = (body: string) => postJson(agent, order.url, body);
-    await inParallel(order.warmUpBodies, order.concurrency, enroll);
+    await mapLimited(order.warmUpBodies, order.concurrency, enroll);
     const started = performance.now();
-    const outcomes = await inParallel(order.bodies, order.concurrency, enroll);
+    const outcomes = await mapLimited(order.bodies, order.concurrency, enroll);
     return { seconds: (performance.now() - started) / 1000, outcomes };
   } finally {
     agent.destroy();
   }
+}
+
+/** Runs the load in a worker thread (this file) and waits for its result. */
+export function runEnrollmentLoad(order: LoadOrder): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(new URL(import.meta.url), { workerData: order });
+    worker.once('message', (result: LoadResult) => {
+      resolve(result);
+      void worker.terminate();
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`the load worker exited with code ${code} before reporting`)));
+  });
 }
 
 if (parentPort) parentPort.postMessage(await load(workerData as LoadOrder));
