@@ -1,6 +1,7 @@
 // The registry owns the devices, certificates, tokens, audit and change tables. Every other part
 // reads and writes them through these functions only.
 export * from './audit.js';
+export * from './broker-nodes.js';
 export * from './certificates.js';
 export * from './changes.js';
 export * from './crls.js';
