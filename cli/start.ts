@@ -90,6 +90,8 @@ export async function startFleet(
         maxConnections: config.brokerMaxConnections,
         maxPacketBytes: config.brokerMaxPacketBytes,
         keepaliveMaxSeconds: config.brokerKeepaliveMaxSeconds,
+        nodeId: config.brokerNodeId,
+        presenceLeaseMs: config.presenceLeaseMs,
       },
     );
     started.push(broker);
