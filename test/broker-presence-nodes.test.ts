@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import os from 'node:os';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { createBrokerMetrics } from '../broker/metrics.js';
 import { loadTopicPolicy } from '../broker/policy.js';
 import { type RunningBroker, startBroker } from '../broker/server.js';
+import { ConfigError, loadConfig } from '../core/config.js';
 import { recordPresence, sweepExpiredBrokerNodes } from '../core/registry/index.js';
 import { capturingLogger } from './support/log.js';
 import { connectDevice, type Connection } from './support/mqtt.js';
@@ -171,4 +173,14 @@ test('two nodes sweeping at once clear a dead node once; a device that moved on 
   await recordPresence(pool, 'ghost', [{ deviceId: 'on-b', connected: false, at: new Date(later.getTime() + 1000), peerAddress: null, serial: null }]);
   assert.deepEqual(await shown('on-b'), { connected: true, node: 'fleet' });
   await recordPresence(pool, 'fleet', [{ deviceId: 'on-b', connected: false, at: new Date(later.getTime() + 2000), peerAddress: null, serial: null }]);
+});
+
+test('FLEET_NODE_ID is the host name unless set, any printable text; FLEET_PRESENCE_LEASE is at least 3s', () => {
+  assert.equal(loadConfig({}).brokerNodeId, os.hostname().slice(0, 200) || 'fleet-auth');
+  assert.equal(loadConfig({}).presenceLeaseMs, 30_000);
+  assert.equal(loadConfig({ FLEET_NODE_ID: 'rack-2.example/w3' }).brokerNodeId, 'rack-2.example/w3');
+  assert.throws(() => loadConfig({ FLEET_NODE_ID: 'two words' }), (e: unknown) => e instanceof ConfigError && /FLEET_NODE_ID: must be 1 to 200 printable/.test(e.message));
+  assert.throws(() => loadConfig({ FLEET_NODE_ID: 'x'.repeat(201) }), ConfigError);
+  assert.throws(() => loadConfig({ FLEET_PRESENCE_LEASE: '2s' }), (e: unknown) => e instanceof ConfigError && /FLEET_PRESENCE_LEASE must be at least 3s/.test(e.message));
+  assert.equal(loadConfig({ FLEET_PRESENCE_LEASE: '2m' }).presenceLeaseMs, 120_000);
 });
