@@ -18,7 +18,7 @@ export interface PresenceOptions {
  * Presence, off the connect path. The registry gets the latest state of each identity in one batched
  * statement per interval, so a reconnect storm costs a handful of writes; service identities see
  * lifecycle events under $fleet/lifecycle/<id>/… and a retained online/offline state under
- * $fleet/presence/<id>, published once the CONNECT that caused them has been answered.
+ * $fleet/presence/<id>, published on a later turn of the event loop than the CONNECT that caused them.
  */
 export function presenceTracker(o: PresenceOptions) {
   let pending = new Map<string, PresenceUpdate>();
@@ -75,9 +75,9 @@ export function presenceTracker(o: PresenceOptions) {
 }
 
 /**
- * The lifecycle and presence publications, queued and published together after the current turn of
- * the event loop: a CONNECT is answered before aedes routes (and stores, for the retained state) what
- * it caused, and a storm's publications go out in batches. Order is kept.
+ * The lifecycle and presence publications, queued and published together on the next turn of the
+ * event loop (setImmediate): admitting a CONNECT never includes aedes routing, and storing as
+ * retained, what it caused, and a storm's publications go out in batches. Order is kept.
  */
 function announcer(o: Pick<PresenceOptions, 'aedes' | 'log'>) {
   let queue: { update: PresenceUpdate; serial: string }[] = [];
