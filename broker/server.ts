@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
+import os from 'node:os';
 import { Aedes } from 'aedes';
 import type pg from 'pg';
 import type { Logger } from '../core/log.js';
 import { logServerErrors } from '../core/server-errors.js';
 import type { CertificateAuthority } from '../core/pki/authority.js';
-import { type ChangeFollower, forgetConnections } from '../core/registry/index.js';
+import type { ChangeFollower } from '../core/registry/index.js';
 import type { Refusal } from './admission.js';
 import { closeHandlers } from './handlers/close.js';
 import { answerUnknownProtocolLevels, connectHandlers } from './handlers/connect.js';
@@ -18,6 +19,7 @@ import type { TopicPolicy } from './policy.js';
 import { deviceEventRecorder } from './events.js';
 import { presenceTracker } from './presence.js';
 import { createFrontDoor, peerAddress } from './front-door.js';
+import { holdNodeLease } from './node-lease.js';
 import { guardPacketSize } from './protection.js';
 import { refusalCounter } from './refusals.js';
 import { followRegistryChanges } from './registry-changes.js';
@@ -61,6 +63,13 @@ export interface BrokerOptions {
   keepaliveMaxSeconds?: number;
   /** Session-ticket keys (48 bytes) shared with the other broker workers; random when not given. */
   ticketKeys?: Buffer;
+  /**
+   * This broker node in the registry's presence (FLEET_NODE_ID; the host name by default): any string,
+   * the same across restarts of the same node, so a restart clears its own leftovers at once.
+   */
+  nodeId?: string;
+  /** How long a node's presence outlives its last lease renewal (FLEET_PRESENCE_LEASE); renewed every third of it. */
+  presenceLeaseMs?: number;
 }
 
 export interface RunningBroker {
@@ -89,8 +98,17 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   const resolve = identityResolver({ pool: deps.pool, changes, cache, staleGraceMs: options.staleGraceMs ?? 5 * 60_000, now });
   const admitted = new AdmittedSessions();
 
-  const stale = await forgetConnections(deps.pool);
-  if (stale > 0) log.info({ devices: stale }, 'cleared presence left over from an earlier run');
+  const nodeId = options.nodeId ?? os.hostname();
+  // Taken before anything else starts: this node's leftovers are cleared before its first session.
+  const lease = await holdNodeLease({
+    pool: deps.pool,
+    nodeId,
+    leaseMs: options.presenceLeaseMs ?? 30_000,
+    scheduler: deps.scheduler,
+    clock,
+    log,
+    onLost: () => presence.rewriteOnline(),
+  });
 
   // The hooks need presence, and presence publishes through aedes: build aedes first, then hook it up.
   // The front door's deadline (from the TCP accept) closes a connection without an admitted CONNECT;
@@ -102,7 +120,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     ...(deps.shared ? { mq: deps.shared.mq, persistence: deps.shared.persistence } : {}),
     maxClientsIdLength: 128, connectTimeout: 2 * (options.connectTimeoutMs ?? 10_000),
   });
-  const presence = presenceTracker({ pool: deps.pool, aedes, log, clock });
+  const presence = presenceTracker({ pool: deps.pool, aedes, log, clock, nodeId });
   // DeviceSessions tells the close handler of each session it ends (only ever after both exist).
   const sessions = new DeviceSessions(deps.scheduler, (session, reason) => close.closedByBroker(session, reason));
   const close = closeHandlers({ sessions, admitted, presence, events, metrics, refusals, log });
@@ -159,6 +177,7 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
     await once(front, 'listening');
   } catch (error) {
     await presence.close();
+    await lease.release().catch((err) => log.warn({ err }, 'could not give up the presence lease; it expires on its own'));
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     await events.close();
     throw error;
@@ -182,7 +201,9 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       frontDoor.destroyAll();
       await stopped;
+      lease.stop();
       await presence.close();
+      await lease.release().catch((err) => log.warn({ err }, 'could not give up the presence lease; it expires on its own'));
       await events.close();
     },
   };

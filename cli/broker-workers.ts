@@ -24,6 +24,11 @@ import type { BrokerPart, LocalBroker } from './start.js';
 
 /** Set in a worker's environment: this file, run by the cluster, is a broker worker. */
 const WORKER_MARK = 'FLEET_BROKER_WORKER';
+/**
+ * Which of the N workers this is (0..N-1); a replacement takes the dead worker's slot, so its presence
+ * node id (`<FLEET_NODE_ID>/w<slot>`) is the same and it clears that worker's leftovers at once.
+ */
+const WORKER_SLOT = 'FLEET_BROKER_WORKER_SLOT';
 /** A worker that dies is replaced after this pause, so one that cannot start does not spin. */
 const RESTART_DELAY_MS = 1000;
 /** How long a worker has to close its sessions and write its presence at shutdown. */
@@ -50,8 +55,8 @@ export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { 
     },
   });
 
-  const fork = (): Worker => {
-    const worker = cluster.fork(env);
+  const fork = (slot: number): Worker => {
+    const worker = cluster.fork({ ...env, [WORKER_SLOT]: String(slot) });
     live.add(worker);
     worker.on('message', (message: unknown) => {
       if (asksForTicketKeys(message)) worker.send(tickets.message());
@@ -66,7 +71,7 @@ export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { 
       if (stopping || !wasReady) return;
       log.error({ workerPid: worker.process.pid, code, signal }, 'a broker worker exited; starting another');
       setTimeout(() => {
-        if (!stopping) fork();
+        if (!stopping) fork(slot);
       }, RESTART_DELAY_MS).unref();
     });
     return worker;
@@ -86,7 +91,7 @@ export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { 
   };
 
   try {
-    await Promise.all(Array.from({ length: config.brokerWorkers }, () => started(fork())));
+    await Promise.all(Array.from({ length: config.brokerWorkers }, (_, slot) => started(fork(slot))));
   } catch (error) {
     await stopAll();
     throw error;
@@ -135,8 +140,10 @@ function stopWorker(worker: Worker): Promise<void> {
 
 /** A worker's side: its own pool, change feed, scheduler, CA and broker; tells the primary when it listens. */
 async function runBrokerWorker(): Promise<void> {
-  const config = loadConfig();
-  const log = logTo(1, config.logLevel, config.logFormat).child({ worker: cluster.worker?.id });
+  const own = loadConfig();
+  const slot = process.env[WORKER_SLOT] ?? '0';
+  const config = { ...own, brokerNodeId: `${own.brokerNodeId}/w${slot}` };
+  const log = logTo(1, config.logLevel, config.logFormat).child({ worker: Number(slot) });
   const { startLocalBroker } = await import('./start.js');
   let broker: LocalBroker | undefined;
   const ticketKeys = await requestTicketKeys(process, (keys) => broker?.setTicketKeys(keys));

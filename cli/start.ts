@@ -114,6 +114,8 @@ export async function startLocalBroker(config: FleetConfig, parts: BrokerParts, 
         maxPacketBytes: config.brokerMaxPacketBytes,
         keepaliveMaxSeconds: config.brokerKeepaliveMaxSeconds,
         ticketKeys,
+        nodeId: config.brokerNodeId,
+        presenceLeaseMs: config.presenceLeaseMs,
       },
     );
     const close = broker.close;

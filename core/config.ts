@@ -64,6 +64,10 @@ export interface FleetConfig {
   redisUrl: string | undefined;
   /** Broker processes on this machine sharing one listener; more than one needs `redisUrl`. */
   brokerWorkers: number;
+  /** This broker node in the registry's presence; the same id across restarts of the same node. */
+  brokerNodeId: string;
+  /** How long a node's presence outlives its last lease renewal; another node then clears it. */
+  presenceLeaseMs: number;
   /** How long device events (connects, refusals, revocations…) are kept before they are deleted. */
   eventRetentionMs: number;
   /** Server-Sent Event streams (GET /v1/events) one process serves at once. */
@@ -190,6 +194,12 @@ const schema = z.object({
   FLEET_BROKER_KEEPALIVE_MAX: z.coerce.number().int().min(0).max(65_535).default(1200),
   FLEET_REDIS_URL: z.url({ protocol: /^rediss?$/, error: 'a redis:// (or rediss://) URL such as redis://redis.internal:6379/0' }).optional(),
   FLEET_BROKER_WORKERS: z.coerce.number().int().min(1, 'a whole number of broker processes, 1 or more').max(1024).optional(),
+  // Any printable text: a machine's host name, or `<node>/w<n>` for one worker process of it.
+  FLEET_NODE_ID: z
+    .string()
+    .regex(/^[\x21-\x7e]{1,200}$/, 'must be 1 to 200 printable characters without spaces, such as broker-1')
+    .default(() => os.hostname().slice(0, 200) || 'fleet-auth'),
+  FLEET_PRESENCE_LEASE: duration('30s'),
   FLEET_EVENT_RETENTION: duration('30d'),
   FLEET_EVENT_STREAMS_MAX: z.coerce.number().int().min(1).max(100_000).default(100),
   FLEET_API_MAX_CONNECTIONS: z.coerce.number().int().min(1).default(1024),
@@ -254,6 +264,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
   if (e.FLEET_CERT_LIFETIME < e.FLEET_CERT_LIFETIME_MIN || e.FLEET_CERT_LIFETIME > e.FLEET_CERT_LIFETIME_MAX) {
     throw new ConfigError('Invalid configuration in the environment:\n  FLEET_CERT_LIFETIME must lie between FLEET_CERT_LIFETIME_MIN and FLEET_CERT_LIFETIME_MAX');
   }
+  // Renewed every third of the lease: a shorter one would have nodes writing the database constantly.
+  if (e.FLEET_PRESENCE_LEASE < 3000) {
+    throw new ConfigError('Invalid configuration in the environment:\n  FLEET_PRESENCE_LEASE must be at least 3s (30s is the default)');
+  }
   return {
     ...brokerScaling(e),
     dataDir: path.resolve(e.FLEET_DATA_DIR),
@@ -290,6 +304,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FleetConfig {
     brokerMaxConnections: e.FLEET_BROKER_MAX_CONNECTIONS,
     brokerMaxPacketBytes: e.FLEET_BROKER_MAX_PACKET_BYTES,
     brokerKeepaliveMaxSeconds: e.FLEET_BROKER_KEEPALIVE_MAX,
+    brokerNodeId: e.FLEET_NODE_ID,
+    presenceLeaseMs: e.FLEET_PRESENCE_LEASE,
     eventRetentionMs: e.FLEET_EVENT_RETENTION,
     eventStreamsMax: e.FLEET_EVENT_STREAMS_MAX,
     apiLimits: {

@@ -44,7 +44,7 @@ describe('fleet device list', () => {
     assert.ok(batch.nextCursor, 'a cursor for the second device');
 
     // Presence as the broker records it (the API tests connect over MQTT for real).
-    await recordPresence(fleetOf().fleet.db.pool, [{ deviceId: 'cli-f-2', connected: true, at: new Date(), peerAddress: '192.0.2.9', serial: null }]);
+    await recordPresence(fleetOf().fleet.db.pool, fleetOf().config.brokerNodeId, [{ deviceId: 'cli-f-2', connected: true, at: new Date(), peerAddress: '192.0.2.9', serial: null }]);
     assert.deepEqual((await json('device', 'list', '--q', 'cli-', '--online')).devices.map((d: any) => d.id), ['cli-f-2']);
   });
 

@@ -259,7 +259,7 @@ describe('audits of sessions: shared certificates, conflicting client ids, revok
     assert.deepEqual(await findings(t, 'revoked_certificate_connected'), [], 'and stays so');
 
     // A broker that did not follow the revocation goes on recording the session.
-    await recordPresence(t.fleet.db.pool, [{ deviceId: 'victim', connected: true, at: time.clock(), peerAddress: '127.0.0.1', serial: devices['victim']!.serial }]);
+    await recordPresence(t.fleet.db.pool, t.config.brokerNodeId, [{ deviceId: 'victim', connected: true, at: time.clock(), peerAddress: '127.0.0.1', serial: devices['victim']!.serial }]);
     const found = await findings(t, 'revoked_certificate_connected');
     assert.deepEqual(idsOf(found), ['victim']);
     assert.equal(found[0].deviceStatus, 'revoked');
@@ -276,7 +276,7 @@ describe('audits of sessions: shared certificates, conflicting client ids, revok
     await presenceIs(t, 'victim-late', false);
     // The registry as it is before the broker's presence flush lands: still connected, 10 s after the suspension.
     time.advance(10_000);
-    await recordPresence(t.fleet.db.pool, [{ deviceId: 'victim-late', connected: true, at: time.clock(), peerAddress: '127.0.0.1', serial: devices['victim-late']!.serial }]);
+    await recordPresence(t.fleet.db.pool, t.config.brokerNodeId, [{ deviceId: 'victim-late', connected: true, at: time.clock(), peerAddress: '127.0.0.1', serial: devices['victim-late']!.serial }]);
     assert.deepEqual(idsOf(await findings(t, 'revoked_certificate_connected')), ['victim'], 'within the grace');
     time.advance(51_000);
     const found = await findings(t, 'revoked_certificate_connected');
@@ -296,7 +296,7 @@ describe('audits of sessions: shared certificates, conflicting client ids, revok
     assert.deepEqual(idsOf(await findings(t, 'revoked_certificate_connected')), ['victim', 'victim-late']);
 
     // A broken broker records the session, with the serial it presented.
-    await recordPresence(t.fleet.db.pool, [{ deviceId: 'victim-cert', connected: true, at: time.clock(), peerAddress: '127.0.0.1', serial: device.serial }]);
+    await recordPresence(t.fleet.db.pool, t.config.brokerNodeId, [{ deviceId: 'victim-cert', connected: true, at: time.clock(), peerAddress: '127.0.0.1', serial: device.serial }]);
     const found = (await findings(t, 'revoked_certificate_connected')).find((f) => f.deviceId === 'victim-cert');
     assert.ok(found, 'the session on the revoked certificate is found');
     assert.equal(found.deviceStatus, 'active');

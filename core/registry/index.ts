@@ -2,6 +2,7 @@
 // reads and writes them through these functions only.
 export * from './audit.js';
 export * from './ca-certificates.js';
+export * from './broker-nodes.js';
 export * from './certificates.js';
 export * from './changes.js';
 export * from './crls.js';

@@ -12,7 +12,10 @@ export interface PresenceUpdate {
 
 /**
  * One statement for many identities, so a reconnect storm costs one write per flush, not one per
- * connection. Rows are only moved forward in time, so a late flush never undoes a newer one.
+ * connection. Rows are only moved forward in time, so a late flush never undoes a newer one. Each
+ * connected row names the broker node holding the session ($6); a node's offline write leaves a
+ * device alone that is connected through another node (it moved there, and this node's session is
+ * the one that ended).
  */
 const RECORD_PRESENCE = `
   UPDATE devices d SET
@@ -20,11 +23,13 @@ const RECORD_PRESENCE = `
     connected_since = CASE WHEN u.connected THEN u.at ELSE NULL END,
     last_seen_at = u.at,
     peer_address = coalesce(u.peer, d.peer_address),
-    connected_serial = CASE WHEN u.connected THEN u.serial ELSE NULL END
+    connected_serial = CASE WHEN u.connected THEN u.serial ELSE NULL END,
+    connected_node = CASE WHEN u.connected THEN $6 ELSE NULL END
   FROM unnest($1::text[], $2::boolean[], $3::timestamptz[], $4::text[], $5::text[]) AS u (id, connected, at, peer, serial)
-  WHERE d.id = u.id AND (d.last_seen_at IS NULL OR d.last_seen_at <= u.at)`;
+  WHERE d.id = u.id AND (d.last_seen_at IS NULL OR d.last_seen_at <= u.at)
+    AND (u.connected OR NOT d.connected OR d.connected_node IS NOT DISTINCT FROM $6)`;
 
-export async function recordPresence(q: Queryable, updates: PresenceUpdate[]): Promise<void> {
+export async function recordPresence(q: Queryable, nodeId: string, updates: PresenceUpdate[]): Promise<void> {
   if (updates.length === 0) return;
   await q.query(RECORD_PRESENCE, [
     updates.map((u) => u.deviceId),
@@ -32,26 +37,32 @@ export async function recordPresence(q: Queryable, updates: PresenceUpdate[]): P
     updates.map((u) => u.at),
     updates.map((u) => u.peerAddress),
     updates.map((u) => u.serial),
+    nodeId,
   ]);
 }
 
-const FORGET_CONNECTIONS = `UPDATE devices SET connected = false, connected_since = NULL, connected_serial = NULL WHERE connected`;
+const FORGET_NODE_CONNECTIONS = `
+  UPDATE devices SET connected = false, connected_since = NULL, connected_serial = NULL, connected_node = NULL
+  WHERE connected AND connected_node = $1`;
 
 /**
- * A broker starting has no sessions yet: whatever the registry says is connected was left over by a
- * process that stopped without writing its last presence (killed, or its database went first).
+ * A node starting has no sessions yet: whatever the registry shows connected through its id was left
+ * over by its own earlier run, stopped without writing its last presence (killed, or its database
+ * went first). Other nodes' devices are theirs; a dead node's are cleared when its lease expires.
  */
-export async function forgetConnections(q: Queryable): Promise<number> {
-  return (await q.query(FORGET_CONNECTIONS)).rowCount ?? 0;
+export async function forgetNodeConnections(q: Queryable, nodeId: string): Promise<number> {
+  return (await q.query(FORGET_NODE_CONNECTIONS, [nodeId])).rowCount ?? 0;
 }
 
-const DISCONNECT_ALL = `UPDATE devices SET connected = false, connected_since = NULL, connected_serial = NULL, last_seen_at = $1 WHERE connected`;
+const DISCONNECT_NODE = `
+  UPDATE devices SET connected = false, connected_since = NULL, connected_serial = NULL, connected_node = NULL, last_seen_at = $2
+  WHERE connected AND connected_node = $1`;
 
 /**
- * A broker stopping has closed every session: each device it showed connected was last seen now.
+ * A node stopping has closed every session: each device it showed connected was last seen now.
  * Written as one statement at shutdown, so it does not depend on each socket's close being
  * observed before the database stops.
  */
-export async function recordAllDisconnected(q: Queryable, at: Date): Promise<number> {
-  return (await q.query(DISCONNECT_ALL, [at])).rowCount ?? 0;
+export async function recordNodeDisconnected(q: Queryable, nodeId: string, at: Date): Promise<number> {
+  return (await q.query(DISCONNECT_NODE, [nodeId, at])).rowCount ?? 0;
 }
