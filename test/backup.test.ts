@@ -8,6 +8,7 @@ import pg from 'pg';
 import { type RunningFleet, startFleet } from '../cli/start.js';
 import { loadConfig } from '../core/config.js';
 import { silentLogger } from '../core/log.js';
+import { NOT_REGISTRY_DATA } from '../core/registry/backup.js';
 import { createOperatorToken, recordDeviceEvents } from '../core/registry/index.js';
 import { createDeviceIdentity } from '../device-sim/identity.js';
 import { fleetCli, fleetCommand } from './support/cli.js';
@@ -75,7 +76,8 @@ async function snapshot(url: string): Promise<Record<string, unknown[]>> {
   await client.connect();
   try {
     const tables = await client.query<{ name: string }>(
-      `SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'schema_migrations' ORDER BY 1`,
+      `SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() AND NOT (tablename = ANY($1)) ORDER BY 1`,
+      [NOT_REGISTRY_DATA],
     );
     const all: Record<string, unknown[]> = {};
     for (const { name } of tables.rows) {

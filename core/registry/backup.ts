@@ -14,8 +14,12 @@ import { inTransaction, type Queryable } from '../db/transaction.js';
  * tables it does not know in advance.
  */
 
-/** Migrations bookkeeping: recreated by the migrations themselves, compared rather than copied. */
-const NOT_REGISTRY_DATA = ['schema_migrations'];
+/**
+ * Not copied: migrations bookkeeping (recreated by the migrations themselves, compared rather than
+ * copied), and the broker nodes' presence leases, which belong to the processes running now: a
+ * restored fleet's brokers take leases of their own.
+ */
+export const NOT_REGISTRY_DATA: readonly string[] = ['schema_migrations', 'broker_nodes'];
 
 const TABLES = `
   SELECT c.relname AS name
