@@ -35,6 +35,8 @@ export interface RestartFigures {
   allConnectedSeconds: number | null;
   /** The same, counted from the new broker's readiness: the reconnect storm itself. */
   stormSeconds: number | null;
+  /** From the kill until the first 10,000 (or every device, in a smaller fleet) were connected again: the issue's storm. */
+  milestone: { devices: number; seconds: number | null };
   connectedAgain: number;
   /** Connects in the storm, how many of them resumed a TLS session, and the rates seen. */
   connects: number;
@@ -143,6 +145,7 @@ export function markdownReport(r: ScaleReport): string {
     lines.push(
       `| restart ${label}: broker exited / ready | ${x.exitedSeconds} s / ${x.readySeconds} s after ${x.signal} |`,
       `| restart ${label}: all ${x.devices} connected again | ${s(x.allConnectedSeconds)} after the kill, ${s(x.stormSeconds)} after ready (${x.connectedAgain} connected) |`,
+      `| restart ${label}: first ${x.milestone.devices} connected again | ${s(x.milestone.seconds)} after the kill |`,
       `| restart ${label}: connects (resumed) | ${x.connects} (${x.resumed}), ${rate(x.averageConnectsPerSecond)} average, ${x.peakConnectsPerSecond} /s peak |`,
       `| restart ${label}: failures / refusals | ${reasons(x.failures)} / ${reasons(x.brokerRefusals)} |`,
     );
