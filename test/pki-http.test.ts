@@ -146,7 +146,8 @@ describe('a port in use', () => {
     const apiPort = await freePort();
     try {
       await assert.rejects(
-        startTestFleet({ databaseUrl: t.config.databaseUrl, env: { FLEET_API_PORT: String(apiPort), FLEET_PKI_HTTP_PORT: String(busyPort) } }),
+        // The same registry and CA key store (the registry's CA needs its keys), other ports.
+        startTestFleet({ databaseUrl: t.config.databaseUrl, env: { FLEET_DATA_DIR: t.config.dataDir, FLEET_API_PORT: String(apiPort), FLEET_PKI_HTTP_PORT: String(busyPort) } }),
         (error: NodeJS.ErrnoException) => error.code === 'EADDRINUSE',
       );
       // The API's port is free again: nothing was left listening on it.
