@@ -261,7 +261,7 @@ interface NodesInputs {
  * it, holds every device split between the two broker ports, connects the revoked devices half on
  * each, and revokes them through the first node's API, so half the closes cross nodes.
  */
-async function measureRevocationAcrossNodes(system: Running & { apiUrl?: string }, inputs: NodesInputs): Promise<Partial<Figures> & { held: number; maxMs: number }> {
+async function measureRevocationAcrossNodes(system: Running & { apiUrl?: string }, inputs: NodesInputs): Promise<Partial<Figures> & { held: number; maxMs: number; failures: number; dropped: number; firstFailure?: string }> {
   const { options, load } = inputs;
   const step = (text: string) => say(`  ${system.name}: ${text}`);
   let nodeB: Running | undefined;
@@ -278,8 +278,17 @@ async function measureRevocationAcrossNodes(system: Running & { apiUrl?: string 
     await sleep(options.settle);
     step(`revoking ${inputs.revokeDevices.length} devices across ${ports.length} node(s) with ${held.latenciesMs.length} held`);
     const revocation = await measureRevocations(api, ports, inputs.revokeDevices, 1);
-    await load.ask({ type: 'release' }, 'released');
-    return { revocationP50Ms: revocation.p50, revocationP95Ms: revocation.p95, revocationP99Ms: revocation.p99, held: held.latenciesMs.length, maxMs: revocation.max };
+    const released = await load.ask({ type: 'release' }, 'released');
+    return {
+      revocationP50Ms: revocation.p50,
+      revocationP95Ms: revocation.p95,
+      revocationP99Ms: revocation.p99,
+      held: held.latenciesMs.length,
+      maxMs: revocation.max,
+      failures: held.failures,
+      firstFailure: held.firstFailure,
+      dropped: released.dropped,
+    };
   } finally {
     api.close();
     await nodeB?.stop();
@@ -389,9 +398,11 @@ async function run(options: CliOptions): Promise<Report> {
           if (name === 'fleet-auth-workers' && options.revocations > 0) {
             const revokeDevices = nodesRevokeDevices.slice(round * options.revocations, (round + 1) * options.revocations);
             const across = await measureRevocationAcrossNodes(system, { options: options as Options, load: generators, token, rootPem: chain.rootPem, nodeB, revokeDevices });
-            const { held, maxMs, ...figures } = across;
+            const { held, maxMs, failures, firstFailure, dropped, ...figures } = across;
             Object.assign(measured.figures, figures);
-            Object.assign(measured.observations, { revocationHeld: held, revocationMaxMs: maxMs });
+            const seen = measured.observations;
+            Object.assign(seen, { revocationHeld: held, revocationMaxMs: maxMs, failedConnects: seen.failedConnects + failures, droppedWhileHeld: seen.droppedWhileHeld + dropped });
+            seen.firstFailure ??= firstFailure;
           }
           (results[name] ??= []).push(measured);
         } finally {
@@ -424,6 +435,8 @@ async function run(options: CliOptions): Promise<Report> {
     await rm(tempDir, { recursive: true, force: true });
     await rm(dataDir, { recursive: true, force: true });
     if (nodeB) await rm(nodeB.dataDir, { recursive: true, force: true });
+    // The run's subscriptions, sessions and retained messages are of no use to anyone after it.
+    if (withWorkers) await emptyRedisDatabase(BENCH_REDIS_URL).catch(() => undefined);
   }
 }
 
