@@ -424,7 +424,7 @@ async function run(options: CliOptions): Promise<Report> {
       notes.push(
         `fleet-auth-workers’ revocation figures are across ${options.revocationNodes} node(s)` +
           (options.revocationNodes === 2 ? ' (it and a second `fleet start` with one broker process, on the same database and Redis)' : '') +
-          `, with the ${options.devices} devices held split between them, after its other figures; revoked through the first node's API.`,
+          `, with the ${options.devices} devices held ${options.revocationNodes === 2 ? 'split between them' : 'on it'}, after its other figures; revoked through the first node's API.`,
       );
     }
     const partial = { options: stripCli(options as CliOptions & Options), systems, ratios: ratiosOf(systems) };
