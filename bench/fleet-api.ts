@@ -118,11 +118,12 @@ export interface RevocationFigures {
 }
 
 /**
- * Connects `devices` (beside whatever else the broker holds), then revokes each through the API,
- * `concurrency` at a time, timing from just before the request until the client sees its close.
+ * Connects `devices` (beside whatever else the brokers hold), device i to ports[i % ports.length]
+ * (one port per node), then revokes each through `api`, `concurrency` at a time, timing from just
+ * before the request until the client sees its close.
  */
-export async function measureRevocations(api: Api, port: number, devices: LoadDevice[], concurrency: number): Promise<RevocationFigures> {
-  const clients = await mapLimited(devices, 16, (device) => connectDevice(port, api.rootPem, device));
+export async function measureRevocations(api: Api, ports: number[], devices: LoadDevice[], concurrency: number): Promise<RevocationFigures> {
+  const clients = await mapLimited(devices, 16, (device, i) => connectDevice(ports[i % ports.length]!, api.rootPem, device));
   try {
     const timings = await mapLimited(devices, concurrency, async (device, i) => {
       const closedAt = closeSeen(clients[i]!, device.id);

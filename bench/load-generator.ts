@@ -23,7 +23,8 @@ export type LoadOrder =
   /** Connect each device, wait for CONNACK, DISCONNECT, wait for the broker to close. */
   | { type: 'connects'; port: number; resume: boolean; concurrency: number; /** The first `count` devices; all when unset. */ count?: number }
   /** Connect each device and keep it. */
-  | { type: 'hold'; port: number; concurrency: number }
+  /** Connect each device and keep it; with `ports`, device i goes to ports[i % ports.length] (several nodes). */
+  | { type: 'hold'; port: number; ports?: number[]; concurrency: number }
   | { type: 'publish'; qos: 0 | 1; perDevice: number; concurrency: number }
   | { type: 'release' };
 
@@ -185,8 +186,8 @@ async function connects(port: number, resume: boolean, concurrency: number, coun
 
 let held: Connection[] = [];
 
-async function hold(port: number, concurrency: number): Promise<ConnectRun> {
-  const { run, opened } = await eachDevice(devices.length, concurrency, (index) => open(port, index, undefined));
+async function hold(ports: number[], concurrency: number): Promise<ConnectRun> {
+  const { run, opened } = await eachDevice(devices.length, concurrency, (index) => open(ports[index % ports.length]!, index, undefined));
   held = opened.flatMap((o) => (o ? [o.conn] : []));
   return run;
 }
@@ -232,7 +233,7 @@ async function obey(order: LoadOrder): Promise<LoadAnswer> {
     case 'connects':
       return { type: 'connected', ...(await connects(order.port, order.resume, order.concurrency, order.count ?? devices.length)) };
     case 'hold':
-      return { type: 'connected', ...(await hold(order.port, order.concurrency)) };
+      return { type: 'connected', ...(await hold(order.ports ?? [order.port], order.concurrency)) };
     case 'publish':
       return { type: 'published', ...(await publish(order.qos, order.perDevice, order.concurrency)) };
     case 'release':

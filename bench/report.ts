@@ -16,7 +16,7 @@ export interface Figures {
   rssKiBPerHeldConnection: number;
   cpuUsPerQos0Publish: number;
   cpuUsPerQos1Publish: number;
-  /** fleet-auth only. */
+  /** fleet-auth only (fleet-auth-workers: across Options.revocationNodes nodes, Observations.revocationHeld held). */
   revocationP50Ms?: number;
   revocationP95Ms?: number;
   revocationP99Ms?: number;
@@ -37,6 +37,8 @@ export interface Observations {
   held: number;
   droppedWhileHeld: number;
   revocationMaxMs?: number;
+  /** Devices held across the nodes while fleet-auth-workers' revocations were timed. */
+  revocationHeld?: number;
   revokeApiRoundTripP50Ms?: number;
   failedEnrollments?: number;
 }
@@ -57,6 +59,8 @@ export interface Options {
   enrollments: number;
   enrollConcurrency: number;
   settle: number;
+  /** fleet-auth-workers' revocations: across this many `fleet start` nodes (0: the system was not run). */
+  revocationNodes?: number;
 }
 
 export interface Target {
@@ -103,6 +107,7 @@ const LABELS: Record<keyof Figures, string> = {
 
 const SYSTEM_TITLES: Record<SystemName, string> = {
   'fleet-auth': 'fleet-auth (`npm start`)',
+  'fleet-auth-workers': 'fleet-auth, 2 broker workers on Redis',
   aedes: 'aedes, trivial auth',
   floor: 'bare Node TLS answering CONNACK (floor)',
   mosquitto: 'Mosquitto',
@@ -113,7 +118,8 @@ export function ratiosOf(systems: Report['systems']): Report['ratios'] {
   if (!ours) return {};
   const ratios: Report['ratios'] = {};
   for (const [name, result] of Object.entries(systems) as [SystemName, SystemResult][]) {
-    if (name === 'fleet-auth') continue;
+    // Ratios are one-process fleet-auth's; the workers' own stand in the targets.
+    if (name === 'fleet-auth' || name === 'fleet-auth-workers') continue;
     const row: Partial<Record<keyof Figures, number>> = {};
     for (const key of Object.keys(result.median) as (keyof Figures)[]) {
       const theirs = result.median[key];
@@ -133,21 +139,40 @@ export function targetsOf(report: Pick<Report, 'ratios' | 'systems' | 'options'>
     if (value === undefined) return { target, measured: `not measured (no ${system} in this run)`, met: null };
     return { target, measured: `${value.toFixed(2)}×`, met: atMost ? value <= limit : value >= limit };
   };
-  const p99 = report.systems['fleet-auth']?.median.revocationP99Ms;
   return [
     ratio('floor', 'cpuMsPerFullConnect', 1.25, 'CPU per full connect ≤ 1.25× the floor'),
     ratio('floor', 'cpuMsPerResumedConnect', 1.2, 'CPU per resumed connect ≤ 1.2× the floor'),
-    ratio('mosquitto', 'connectsPerSecond', 1, 'connects per second ≥ Mosquitto’s', false),
+    workersConnectsTarget(report) ?? ratio('mosquitto', 'connectsPerSecond', 1, 'connects per second ≥ Mosquitto’s', false),
     ratio('aedes', 'rssKiBPerHeldConnection', 1.2, 'RSS per held connection ≤ 1.2× bare aedes'),
     ratio('aedes', 'cpuUsPerQos1Publish', 1.15, 'QoS 1 publish ≤ 1.15× bare aedes'),
-    p99 === undefined
-      ? { target: 'revocation -> disconnect p99 ≤ 50 ms', measured: 'not measured', met: null }
-      : {
-          target: 'revocation -> disconnect p99 ≤ 50 ms (issue: 10,000 held across two nodes)',
-          measured: `${p99.toFixed(1)} ms with ${report.options.devices} held on one node`,
-          met: p99 <= 50,
-        },
+    revocationTarget(report),
   ];
+}
+
+/** The issue means its connects target for the broker on every core: fleet-auth-workers, when the run has it. */
+function workersConnectsTarget(report: Pick<Report, 'systems'>): Target | undefined {
+  const workers = report.systems['fleet-auth-workers']?.median.connectsPerSecond;
+  if (workers === undefined) return undefined;
+  const target = 'connects per second of fleet-auth-workers (2 broker workers) ≥ Mosquitto’s';
+  const mosquitto = report.systems.mosquitto?.median.connectsPerSecond;
+  if (!mosquitto) return { target, measured: 'not measured (no mosquitto in this run)', met: null };
+  const value = workers / mosquitto;
+  return { target, measured: `${value.toFixed(2)}× (${workers.toFixed(0)} against ${mosquitto.toFixed(0)} per second)`, met: value >= 1 };
+}
+
+/** Across two nodes (fleet-auth-workers and a second node) when measured so, else fleet-auth's on one node; always with the held count. */
+function revocationTarget(report: Pick<Report, 'systems' | 'options'>): Target {
+  const target = 'revocation -> disconnect p99 ≤ 50 ms (issue: 10,000 held across two nodes)';
+  const workers = report.systems['fleet-auth-workers'];
+  if (workers?.median.revocationP99Ms !== undefined) {
+    const held = median(workers.rounds.map((r) => r.observations.revocationHeld ?? 0));
+    const nodes = report.options.revocationNodes ?? 1;
+    const p99 = workers.median.revocationP99Ms;
+    return { target, measured: `${p99.toFixed(1)} ms with ${held} held across ${nodes} node${nodes === 1 ? '' : 's'} (fleet-auth-workers)`, met: p99 <= 50 };
+  }
+  const p99 = report.systems['fleet-auth']?.median.revocationP99Ms;
+  if (p99 === undefined) return { target: 'revocation -> disconnect p99 ≤ 50 ms', measured: 'not measured', met: null };
+  return { target, measured: `${p99.toFixed(1)} ms with ${report.options.devices} held on one node`, met: p99 <= 50 };
 }
 
 const number = (value: number | undefined): string => {

@@ -3,7 +3,8 @@
  * Mosquitto, in one run, on one chain, measured from /proc. See HELP for what it does; the report
  * goes to bench/results/ as JSON and Markdown.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -16,9 +17,11 @@ import { percentile, positiveInteger } from './figures.js';
 import type { ConnectRun, LoadDevice } from './load-generator.js';
 import { type Load, startLoad } from './load.js';
 import { cpuMs, CPU_SOURCE, groupCpuMs, groupRssBytes, machine } from './proc.js';
+import { BENCH_REDIS_URL, emptyRedisDatabase, redisUnavailable } from './redis.js';
 import { type Figures, markdown, medianFigures, type Observations, type Options, ratiosOf, type Report, targetsOf, writeReport } from './report.js';
 import {
   adminToken,
+  BENCH_WORKERS,
   type Chain,
   type FleetPlace,
   mosquittoInstalled,
@@ -30,12 +33,17 @@ import {
   startMosquitto,
   SYSTEMS,
   type SystemName,
+  workersEnv,
 } from './systems.js';
 
 const DESCRIPTION = `Measures fleet-auth's broker side by side with the systems it should be compared with, in one run:
   fleet-auth  node dist/cli/fleet.js start, as npm start runs it (temp data dir; DATABASE_URL's server
               in a database of its own if set, else the embedded PostgreSQL); devices enrolled
               through the API before anything is measured
+  fleet-auth-workers
+              the same with FLEET_BROKER_WORKERS=${BENCH_WORKERS} and FLEET_REDIS_URL=BENCH_REDIS_URL
+              (default ${BENCH_REDIS_URL}; the run empties that database number before each
+              start), measured as a process group; skipped with a note when Redis does not answer
   aedes       bare aedes, an authenticate that admits everyone, behind Node TLS with client certificates
   floor       a bare Node TLS server that answers CONNECT with CONNACK (and PUBACK, PINGRESP)
   mosquitto   ${MOSQUITTO} when installed (skipped with a note otherwise)
@@ -47,7 +55,10 @@ Each round starts each system fresh, in an order rotated per round, and measures
   RSS per held connection  all devices connected and held (fresh process), VmRSS after minus before
   QoS 0 and QoS 1 publish  broker CPU over --publishes per held device to its own topic
   revocation -> disconnect fleet-auth: --revocations more devices connected (MQTT.js), each revoked
-                           through the API, timed from the request to the client's close
+                           through the API, timed from the request to the client's close.
+                           fleet-auth-workers: across --revocation-nodes nodes (2: a second fleet start,
+                           one broker process, on the same database and Redis), the held devices and
+                           the revoked ones split between them, revoked through the first node's API
   full connect             broker CPU (utime+stime) over connect, CONNACK, DISCONNECT of every device
   resumed connect          the same, resuming each device's TLS session ticket from the full pass
   enrollments per second   fleet-auth: --enrollments single enrollments over HTTPS
@@ -60,7 +71,8 @@ const QUICK = { devices: 20, rounds: 1, publishes: 500, revocations: 10, enrollm
 /** Connects before measuring, so JIT, pools and TLS set-up are not counted as connect cost. */
 const WARMUP_CONNECTS = 20;
 
-interface CliOptions extends Options {
+interface CliOptions extends Omit<Options, 'revocationNodes'> {
+  revocationNodes?: number;
   out: string;
   quick: boolean;
 }
@@ -80,6 +92,11 @@ const count = (value: string): number => {
   return n;
 };
 
+const nodeCount = (value: string): number => {
+  if (value !== '1' && value !== '2') throw new InvalidArgumentError('1 or 2');
+  return Number(value);
+};
+
 function parseOptions(argv: string[]): CliOptions {
   const program = new Command()
     .name('npm run bench --')
@@ -92,6 +109,7 @@ function parseOptions(argv: string[]): CliOptions {
     .option('--publishes <n>', 'publishes per held device, per QoS', positiveInteger, 20)
     .option('--revocations <n>', 'fleet-auth: revocations timed per round (0: none)', count, 100)
     .option('--enrollments <n>', 'fleet-auth: enrollments timed per round (0: none)', count, 200)
+    .option('--revocation-nodes <n>', 'fleet-auth-workers: revocations timed across 1 or 2 nodes (default: 2 when DATABASE_URL is set, else 1)', nodeCount)
     .option('--enroll-concurrency <n>', 'enrollments in flight at once', positiveInteger, 16)
     .option('--settle <ms>', 'wait after each phase so work that follows it (presence is written each second) is counted', count, 1500)
     .option('--out <dir>', 'where the report goes', path.join(projectRoot, 'bench', 'results'))
@@ -173,7 +191,7 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
   try {
     if (api && fleet!.revokeDevices.length > 0) {
       step(`revoking ${fleet!.revokeDevices.length} devices with ${observations.held} held`);
-      const revocation = await measureRevocations(api, port, fleet!.revokeDevices, 1);
+      const revocation = await measureRevocations(api, [port], fleet!.revokeDevices, 1);
       Object.assign(extra, { revocationP50Ms: revocation.p50, revocationP95Ms: revocation.p95, revocationP99Ms: revocation.p99 });
       observations.revocationMaxMs = revocation.max;
       observations.revokeApiRoundTripP50Ms = revocation.apiRoundTripP50;
@@ -228,8 +246,57 @@ async function measureSystem(system: Running & { apiUrl?: string }, inputs: Roun
   }
 }
 
+/** What fleet-auth-workers' revocation phase needs: the second node's place (when two) and the devices. */
+interface NodesInputs {
+  options: Options;
+  load: Load;
+  token: string;
+  rootPem: string;
+  nodeB?: FleetPlace;
+  revokeDevices: LoadDevice[];
+}
+
+/**
+ * Revocation across nodes, beside the fleet-auth-workers node `system`: with a second node, starts
+ * it, holds every device split between the two broker ports, connects the revoked devices half on
+ * each, and revokes them through the first node's API, so half the closes cross nodes.
+ */
+async function measureRevocationAcrossNodes(system: Running & { apiUrl?: string }, inputs: NodesInputs): Promise<Partial<Figures> & { held: number; maxMs: number; failures: number; dropped: number; firstFailure?: string }> {
+  const { options, load } = inputs;
+  const step = (text: string) => say(`  ${system.name}: ${text}`);
+  let nodeB: Running | undefined;
+  const api = apiClient(system.apiUrl!, inputs.rootPem, inputs.token);
+  try {
+    if (inputs.nodeB) {
+      step('starting a second node on the same database and Redis');
+      nodeB = await startFleetAuth(inputs.nodeB, 'fleet-auth-workers', workersEnv(BENCH_REDIS_URL, 1));
+    }
+    const ports = nodeB ? [system.port, nodeB.port] : [system.port];
+    step(`holding ${options.devices} connections across ${ports.length} node(s)`);
+    const held = await load.ask({ type: 'hold', port: system.port, ports, concurrency: options.concurrency }, 'connected');
+    if (held.failures > 0) say(`  ${system.name}: ${held.failures} held connects failed, first: ${held.firstFailure}`);
+    await sleep(options.settle);
+    step(`revoking ${inputs.revokeDevices.length} devices across ${ports.length} node(s) with ${held.latenciesMs.length} held`);
+    const revocation = await measureRevocations(api, ports, inputs.revokeDevices, 1);
+    const released = await load.ask({ type: 'release' }, 'released');
+    return {
+      revocationP50Ms: revocation.p50,
+      revocationP95Ms: revocation.p95,
+      revocationP99Ms: revocation.p99,
+      held: held.latenciesMs.length,
+      maxMs: revocation.max,
+      failures: held.failures,
+      firstFailure: held.firstFailure,
+      dropped: released.dropped,
+    };
+  } finally {
+    api.close();
+    await nodeB?.stop();
+  }
+}
+
 /** The run's own data directory and database, the admin token, and the devices enrolled through the API. */
-async function provision(place: FleetPlace, options: Options, withFleet: boolean) {
+async function provision(place: FleetPlace, options: Options, withFleet: boolean, withWorkers: boolean) {
   const token = await adminToken(place);
   say('starting fleet-auth once to enroll the devices');
   const fleet = await startFleetAuth(place);
@@ -237,12 +304,15 @@ async function provision(place: FleetPlace, options: Options, withFleet: boolean
     const chain = await readChain(place.dataDir);
     const api = apiClient(fleet.apiUrl, chain.rootPem, token);
     try {
-      const ids = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}-${String(i + 1).padStart(6, '0')}`);
+      // A tag of the run's own: Redis pub/sub ignores database numbers, so topics must not meet another run's.
+      const tag = randomBytes(3).toString('hex');
+      const ids = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}-${tag}-${String(i + 1).padStart(6, '0')}`);
       say(`enrolling ${options.devices} devices`);
       const devices = await enrollDevices(api, ids('bench', options.devices));
       const revokeDevices = withFleet && options.revocations > 0 ? await enrollDevices(api, ids('revoke', options.revocations * options.rounds)) : [];
       const enrollBodies = withFleet && options.enrollments > 0 ? await enrollmentBodies(api, ids('enroll', options.enrollments * options.rounds)) : [];
-      return { token, chain, devices, revokeDevices, enrollBodies };
+      const nodesRevokeDevices = withWorkers && options.revocations > 0 ? await enrollDevices(api, ids('revoke-nodes', options.revocations * options.rounds)) : [];
+      return { token, chain, devices, revokeDevices, enrollBodies, nodesRevokeDevices };
     } finally {
       api.close();
     }
@@ -255,6 +325,10 @@ async function startSystem(name: SystemName, place: FleetPlace, chain: Chain, te
   switch (name) {
     case 'fleet-auth':
       return startFleetAuth(place);
+    case 'fleet-auth-workers':
+      // Nothing of an earlier start (subscriptions, retained messages, sessions) is carried into this one.
+      await emptyRedisDatabase(BENCH_REDIS_URL);
+      return startFleetAuth(place, name, workersEnv(BENCH_REDIS_URL, BENCH_WORKERS));
     case 'aedes':
     case 'floor':
       return startHosted(name, chain);
@@ -272,15 +346,35 @@ async function run(options: CliOptions): Promise<Report> {
     notes.push(`Mosquitto was skipped: ${MOSQUITTO} is not installed (Debian: apt-get install mosquitto).`);
     say(notes.at(-1)!);
   }
+  if (options.systems.includes('fleet-auth-workers')) {
+    const why = await redisUnavailable(BENCH_REDIS_URL);
+    if (why) {
+      options.systems = options.systems.filter((s) => s !== 'fleet-auth-workers');
+      notes.push(`fleet-auth-workers was skipped: Redis at ${BENCH_REDIS_URL} did not answer (${why}); set BENCH_REDIS_URL to one that does.`);
+      say(notes.at(-1)!);
+    }
+  }
   const withFleet = options.systems.includes('fleet-auth');
+  const withWorkers = options.systems.includes('fleet-auth-workers');
+  // Two nodes share one database: the embedded PostgreSQL lives in one node's data directory.
+  options.revocationNodes ??= process.env.DATABASE_URL ? 2 : 1;
+  if (withWorkers && options.revocationNodes === 2 && !process.env.DATABASE_URL) {
+    options.revocationNodes = 1;
+    notes.push('Revocation across two nodes needs DATABASE_URL (two nodes cannot share the embedded PostgreSQL): timed on one node.');
+    say(notes.at(-1)!);
+  }
+  if (!withWorkers) options.revocationNodes = 0;
   // Apart: as root, the embedded PostgreSQL runs as another user, who must reach its data directory.
   const tempDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-bench-'));
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fleet-bench-data-'));
   const database = await testDatabase();
   const place: FleetPlace = { dataDir, databaseUrl: database.url };
+  const nodeB: FleetPlace | undefined = options.revocationNodes === 2 ? { dataDir: await mkdtemp(path.join(os.tmpdir(), 'fleet-bench-node-b-')), databaseUrl: database.url } : undefined;
   let load: Load | undefined;
   try {
-    const { token, chain, devices, revokeDevices, enrollBodies } = await provision(place, options, withFleet);
+    const { token, chain, devices, revokeDevices, enrollBodies, nodesRevokeDevices } = await provision(place, options as Options, withFleet, withWorkers);
+    // The second node's CA key store: a copy of the first's; CA certificates come from the registry.
+    if (nodeB) await cp(path.join(dataDir, 'pki'), path.join(nodeB.dataDir, 'pki'), { recursive: true, preserveTimestamps: true });
     say(`building every device’s TLS context in ${options.generators} load generator process(es)`);
     const generators = await startLoad(options.generators, devices, chain.rootPem);
     load = generators;
@@ -300,7 +394,17 @@ async function run(options: CliOptions): Promise<Report> {
                   enrollBodies: enrollBodies.slice(round * options.enrollments, (round + 1) * options.enrollments),
                 }
               : undefined;
-          (results[name] ??= []).push(await measureSystem(system, { options, load: generators, fleet }));
+          const measured = await measureSystem(system, { options: options as Options, load: generators, fleet });
+          if (name === 'fleet-auth-workers' && options.revocations > 0) {
+            const revokeDevices = nodesRevokeDevices.slice(round * options.revocations, (round + 1) * options.revocations);
+            const across = await measureRevocationAcrossNodes(system, { options: options as Options, load: generators, token, rootPem: chain.rootPem, nodeB, revokeDevices });
+            const { held, maxMs, failures, firstFailure, dropped, ...figures } = across;
+            Object.assign(measured.figures, figures);
+            const seen = measured.observations;
+            Object.assign(seen, { revocationHeld: held, revocationMaxMs: maxMs, failedConnects: seen.failedConnects + failures, droppedWhileHeld: seen.droppedWhileHeld + dropped });
+            seen.firstFailure ??= firstFailure;
+          }
+          (results[name] ??= []).push(measured);
         } finally {
           await system.stop();
         }
@@ -316,17 +420,27 @@ async function run(options: CliOptions): Promise<Report> {
       `CPU is ${CPU_SOURCE}, over each phase and the settling after it, divided by the phase's operations.`,
       'Only the broker’s processes are measured (a cluster’s workers with it): fleet-auth’s PostgreSQL (embedded or not) is not included.',
     );
-    const partial = { options: stripCli(options), systems, ratios: ratiosOf(systems) };
+    if (withWorkers && options.revocations > 0) {
+      notes.push(
+        `fleet-auth-workers’ revocation figures are across ${options.revocationNodes} node(s)` +
+          (options.revocationNodes === 2 ? ' (it and a second `fleet start` with one broker process, on the same database and Redis)' : '') +
+          `, with the ${options.devices} devices held ${options.revocationNodes === 2 ? 'split between them' : 'on it'}, after its other figures; revoked through the first node's API.`,
+      );
+    }
+    const partial = { options: stripCli(options as CliOptions & Options), systems, ratios: ratiosOf(systems) };
     return { date: new Date(started).toISOString(), machine: facts, ...partial, targets: targetsOf(partial), notes, durationSeconds: (Date.now() - started) / 1000 };
   } finally {
     await load?.stop();
     await database.drop().catch(() => undefined);
     await rm(tempDir, { recursive: true, force: true });
     await rm(dataDir, { recursive: true, force: true });
+    if (nodeB) await rm(nodeB.dataDir, { recursive: true, force: true });
+    // The run's subscriptions, sessions and retained messages are of no use to anyone after it.
+    if (withWorkers) await emptyRedisDatabase(BENCH_REDIS_URL).catch(() => undefined);
   }
 }
 
-const stripCli = ({ out: _out, quick: _quick, ...options }: CliOptions): Options => options;
+const stripCli = ({ out: _out, quick: _quick, ...options }: CliOptions & Options): Options => options;
 
 async function main(): Promise<number> {
   const options = parseOptions(process.argv);

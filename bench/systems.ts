@@ -3,6 +3,7 @@
  * /proc for. All present the same server certificate and check devices against the same chain
  * (the fleet's own root -> issuing CA), so curves and chain depth match:
  * - fleet-auth: `node dist/cli/fleet.js start`, as `npm start` runs it, on the run's data directory;
+ * - fleet-auth-workers: the same with FLEET_REDIS_URL and FLEET_BROKER_WORKERS (a process group);
  * - aedes and the floor: system-host.ts;
  * - Mosquitto: /usr/sbin/mosquitto with a config file of its own.
  */
@@ -16,7 +17,7 @@ import { promisify } from 'node:util';
 import { forkChild } from './child.js';
 import type { HostAnswer, HostOrder } from './system-host.js';
 
-export const SYSTEMS = ['fleet-auth', 'aedes', 'floor', 'mosquitto'] as const;
+export const SYSTEMS = ['fleet-auth', 'fleet-auth-workers', 'aedes', 'floor', 'mosquitto'] as const;
 export type SystemName = (typeof SYSTEMS)[number];
 
 export const MOSQUITTO = '/usr/sbin/mosquitto';
@@ -47,9 +48,10 @@ export interface Chain {
 const fleetCli = new URL('../cli/fleet.js', import.meta.url);
 
 /** The environment `fleet` runs in: every port chosen by the kernel, the per-address limit off (all devices are 127.0.0.1). */
-function fleetEnv(place: FleetPlace): NodeJS.ProcessEnv {
+function fleetEnv(place: FleetPlace, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
+    ...extra,
     FLEET_DATA_DIR: place.dataDir,
     FLEET_API_PORT: '0',
     FLEET_BROKER_PORT: '0',
@@ -94,10 +96,19 @@ export interface FleetRunning extends Running {
   apiUrl: string;
 }
 
-/** `fleet start`; BENCH_CPU_PROF=<dir> writes a V8 CPU profile of it there, for profiling the connect path. */
-export async function startFleetAuth(place: FleetPlace): Promise<FleetRunning> {
+/** Broker processes of fleet-auth-workers: one per core of the 2-core machine the issue's targets are set on. */
+export const BENCH_WORKERS = 2;
+
+/** How fleet-auth-workers (and a second node beside it) run: broker workers sharing state through `redisUrl`. */
+export const workersEnv = (redisUrl: string, workers: number): NodeJS.ProcessEnv => ({ FLEET_REDIS_URL: redisUrl, FLEET_BROKER_WORKERS: String(workers) });
+
+/**
+ * `fleet start`, with `env` added (workersEnv for the workers); BENCH_CPU_PROF=<dir> writes a V8 CPU
+ * profile of it there, for profiling the connect path.
+ */
+export async function startFleetAuth(place: FleetPlace, name: 'fleet-auth' | 'fleet-auth-workers' = 'fleet-auth', env: NodeJS.ProcessEnv = {}): Promise<FleetRunning> {
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const child = spawn(process.execPath, [...profile, fleetCli.pathname, 'start'], { env: fleetEnv(place), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...profile, fleetCli.pathname, 'start'], { env: fleetEnv(place, env), stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = once(child, 'exit');
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
@@ -112,7 +123,7 @@ export async function startFleetAuth(place: FleetPlace): Promise<FleetRunning> {
       120_000,
       'fleet start',
     );
-    return { name: 'fleet-auth', pid: child.pid!, port: Number(brokerPort), apiUrl: `https://localhost:${apiPort}`, stop };
+    return { name, pid: child.pid!, port: Number(brokerPort), apiUrl: `https://localhost:${apiPort}`, stop };
   } catch (error) {
     await stop();
     throw error;
