@@ -104,11 +104,14 @@ export const workersEnv = (redisUrl: string, workers: number): NodeJS.ProcessEnv
 
 /**
  * `fleet start`, with `env` added (workersEnv for the workers); BENCH_CPU_PROF=<dir> writes a V8 CPU
- * profile of it there, for profiling the connect path.
+ * profile of it there, for profiling the connect path, and BENCH_FLEET_NODE_ARGS (space-separated
+ * Node or V8 flags, e.g. `--max-semi-space-size=32`) are given to its node only, so a flag can be
+ * compared against bare aedes in one run.
  */
 export async function startFleetAuth(place: FleetPlace, name: 'fleet-auth' | 'fleet-auth-workers' = 'fleet-auth', env: NodeJS.ProcessEnv = {}): Promise<FleetRunning> {
   const profile = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const child = spawn(process.execPath, [...profile, fleetCli.pathname, 'start'], { env: fleetEnv(place, env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const flags = (process.env.BENCH_FLEET_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const child = spawn(process.execPath, [...flags, ...profile, fleetCli.pathname, 'start'], { env: fleetEnv(place, env), stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = once(child, 'exit');
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
