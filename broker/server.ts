@@ -118,7 +118,8 @@ export async function startBroker(deps: BrokerDeps, options: BrokerOptions): Pro
   const aedes = new Aedes({
     id: deps.shared ? `fleet-auth-${randomUUID()}` : 'fleet-auth',
     ...(deps.shared ? { mq: deps.shared.mq, persistence: deps.shared.persistence } : {}),
-    maxClientsIdLength: 128, connectTimeout: 2 * (options.connectTimeoutMs ?? 10_000),
+    maxClientsIdLength: 128,
+    connectTimeout: 2 * (options.connectTimeoutMs ?? 10_000),
   });
   const presence = presenceTracker({ pool: deps.pool, aedes, log, clock, nodeId });
   // DeviceSessions tells the close handler of each session it ends (only ever after both exist).
