@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { repeatEvery, type Scheduler } from '../core/scheduler.js';
 
 /*
  * TLS session-ticket keys shared by the broker workers of one machine, so a device that resumes its
@@ -24,15 +25,6 @@ export interface TicketKeyMessage {
   keys: string;
 }
 
-/** Runs `fn` every `ms` until stopped; injectable so a test decides when time passes. */
-export type Every = (ms: number, fn: () => void) => () => void;
-
-const realEvery: Every = (ms, fn) => {
-  const timer = setInterval(fn, ms);
-  timer.unref();
-  return () => clearInterval(timer);
-};
-
 export interface TicketKeyRotation {
   /** The message that carries the keys in force: for a worker that starts now. */
   message(): TicketKeyMessage;
@@ -40,14 +32,14 @@ export interface TicketKeyRotation {
 }
 
 /** The primary's keys: new ones every `intervalMs`, each handed to `rotated` (which sends them to every worker). */
-export function rotateTicketKeys(o: { rotated(message: TicketKeyMessage): void; intervalMs?: number; every?: Every }): TicketKeyRotation {
+export function rotateTicketKeys(o: { rotated(message: TicketKeyMessage): void; scheduler: Scheduler; intervalMs?: number }): TicketKeyRotation {
   let keys = randomBytes(TICKET_KEY_BYTES);
   const message = (): TicketKeyMessage => ({ type: MESSAGE_TYPE, keys: keys.toString('base64') });
-  const stop = (o.every ?? realEvery)(o.intervalMs ?? DEFAULT_ROTATION_MS, () => {
+  const rotation = repeatEvery(o.scheduler, o.intervalMs ?? DEFAULT_ROTATION_MS, () => {
     keys = randomBytes(TICKET_KEY_BYTES);
     o.rotated(message());
   });
-  return { message, stop };
+  return { message, stop: () => rotation.stop() };
 }
 
 /** The keys in a message from the primary, or undefined when it is another message or malformed. */

@@ -9,7 +9,7 @@ import { FleetError } from '../core/errors.js';
 import { type Logger, logTo } from '../core/log.js';
 import { loadAuthority } from '../core/pki/authority.js';
 import { followRegistryChanges } from '../core/registry/index.js';
-import { createScheduler } from '../core/scheduler.js';
+import { createScheduler, type Scheduler } from '../core/scheduler.js';
 import { caKeyStore } from './ca-keys.js';
 import type { BrokerPart, LocalBroker } from './start.js';
 
@@ -40,7 +40,7 @@ const isListening = (message: unknown): message is { type: 'fleet:broker-listeni
   typeof message === 'object' && message !== null && (message as WorkerMessage).type === 'fleet:broker-listening';
 
 /** The primary's side: forks the workers, restarts one that dies, and stops them all at shutdown. */
-export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { databaseUrl: string }): Promise<BrokerPart> {
+export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { databaseUrl: string; scheduler: Scheduler }): Promise<BrokerPart> {
   // The embedded database's URL, when there is one: workers join it rather than start their own.
   const env = { [WORKER_MARK]: '1', DATABASE_URL: o.databaseUrl };
   cluster.setupPrimary({ exec: fileURLToPath(import.meta.url), args: [] });
@@ -49,6 +49,7 @@ export async function startBrokerWorkers(config: FleetConfig, log: Logger, o: { 
   let stopping = false;
   let port = 0;
   const tickets = rotateTicketKeys({
+    scheduler: o.scheduler,
     rotated(message) {
       for (const worker of live) if (worker.isConnected()) worker.send(message);
       log.info({ workers: live.size }, 'rotated the broker session-ticket keys');

@@ -89,7 +89,7 @@ export function startFleet(
 export function startFleetWithWorkers(config: FleetConfig, log: Logger): Promise<RunningFleet<BrokerPart>> {
   const clock = () => new Date();
   const scheduler = createScheduler({ now: () => clock().getTime(), onError: (err) => log.error({ err }, 'a scheduled task failed') });
-  return startFleetWith(config, log, clock, scheduler, {}, ({ db }) => startBrokerWorkers(config, log, { databaseUrl: db.url }), workerMetricsSource);
+  return startFleetWith(config, log, clock, scheduler, {}, ({ db, scheduler: brokerScheduler }) => startBrokerWorkers(config, log, { databaseUrl: db.url, scheduler: brokerScheduler }), workerMetricsSource);
 }
 
 /**

@@ -13,7 +13,11 @@ import { scratchDatabase } from './support/fleet.js';
 import { httpsRequest } from './support/http.js';
 import { closed, connectDevice, type DeviceTls, nextMessage } from './support/mqtt.js';
 import { tempDirs } from './support/temp.js';
+import { manualTime } from './support/time.js';
 import { eventually } from './support/wait.js';
+
+/** Lets a scheduled task's promise chain (repeatEvery runs its task in a microtask) finish. */
+const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /*
  * Two fleet-auth nodes on one registry and one Redis, each a real `fleet start`: node A runs its
@@ -137,16 +141,21 @@ test('more than one broker worker without Redis is refused, saying to set FLEET_
   assert.throws(() => loadConfig({ FLEET_REDIS_URL: 'http://127.0.0.1:6379' }), ConfigError);
 });
 
-test('ticket keys: 48 random bytes, replaced on schedule and sent on; a malformed message carries none', () => {
+test('ticket keys: 48 random bytes, replaced on schedule and sent on; a malformed message carries none', async () => {
   const sent: Buffer[] = [];
-  let tick: () => void = () => assert.fail('no schedule');
-  const rotation = rotateTicketKeys({ rotated: (m) => sent.push(ticketKeysOf(m)!), every: (_ms, fn) => ((tick = fn), () => {}) });
+  const time = manualTime();
+  const rotation = rotateTicketKeys({ rotated: (m) => sent.push(ticketKeysOf(m)!), scheduler: time.scheduler, intervalMs: 60_000 });
   const first = ticketKeysOf(rotation.message());
   assert.equal(first?.length, TICKET_KEY_BYTES);
-  tick();
+  time.advance(59_999);
+  await settle();
+  assert.equal(sent.length, 0, 'nothing before the interval');
+  time.advance(1);
+  await settle();
   assert.equal(sent.length, 1);
   assert.notDeepEqual(sent[0], first, 'a rotation makes new keys');
   assert.deepEqual(ticketKeysOf(rotation.message()), sent[0], 'a worker starting now gets the new keys');
+  rotation.stop();
   for (const bad of [undefined, 'keys', { type: 'fleet:ticket-keys', keys: Buffer.alloc(47).toString('base64') }, { type: 'other', keys: first!.toString('base64') }]) {
     assert.equal(ticketKeysOf(bad), undefined);
   }
