@@ -101,7 +101,9 @@ export async function startLocalBroker(config: FleetConfig, parts: BrokerParts, 
   const shared = config.redisUrl === undefined ? undefined : await connectSharedState(config.redisUrl, log);
   try {
     const broker = await startBroker(
-      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile), shared, proxies: trustedProxies(config.proxy) },
+      { pool: db.brokerPool, metrics, changes, ca, clock, scheduler, log, policy: await loadTopicPolicy(config.brokerPolicyFile), shared,
+        // FLEET_TRUSTED_PROXIES, the API's list too: the API believes their forwarded certificates, the broker their PROXY headers.
+        proxies: trustedProxies(config.proxy) },
       {
         host: config.listenHost,
         port: config.brokerPort,
@@ -194,8 +196,6 @@ async function startFleetWith<B extends BrokerPart>(
     });
     started.push(changes);
     await changes.ready;
-    // One list of trusted proxies: the API believes their forwarded certificates, the broker their PROXY headers.
-    const proxies = trustedProxies(config.proxy);
     const broker = await startBrokers({ db, ca, changes, metrics, clock, scheduler, log });
     started.push(broker);
     const retention = keepDeviceEventsFor({ pool: db.pool, scheduler, clock, log, retentionMs: config.eventRetentionMs });
@@ -212,7 +212,7 @@ async function startFleetWith<B extends BrokerPart>(
         limits: config.apiLimits,
         metrics: apiMetrics,
         readiness: { broker: broker.listening },
-        trustedProxies: proxies,
+        trustedProxies: trustedProxies(config.proxy),
       },
       { host: config.listenHost, port: config.apiPort, pkiHttpPort: config.pkiHttpPort },
       ({ throttle }) =>
