@@ -101,6 +101,8 @@ describe('CA certificates and the trust bundle from the registry', () => {
     const retired = await fleetCli(a, ['ca', 'retire', '1']);
     assert.equal(retired.code, 0, retired.stderr);
     await eventually(() => b.ca.issuers.length === 1, 'B dropped issuing CA 1');
+    // A too reloads from its own change feed, after the CLI's transaction: compare once it has.
+    await eventually(() => a.fleet.ca.issuers.length === 1, 'A dropped issuing CA 1');
     await closed(live.client);
     assert.equal(b.ca.trustPem, a.fleet.ca.trustPem);
     await eventually(async () => (await read(bDir, 'trust.pem')) === (await read(a.dataDir, 'trust.pem')), "B rewrote its data/pki/trust.pem");
